@@ -1,0 +1,103 @@
+"""The sink protocol: what the delivery loop needs from a destination.
+
+A sink is an object with a ``name``, an ``events`` filter and an ``async send(batch)``.
+It is built by a factory ``create(env) -> Sink | None`` that reads its own environment
+variables and returns ``None`` when the sink is not configured. Factories are found
+through the ``workos_forwarder.sinks`` entry-point group, so a sink shipped as a separate
+package only needs to declare one entry point.
+
+``send`` either returns (the whole batch is delivered), or raises:
+
+* ``RetryableError``: nothing (or not everything) was delivered, try the same batch again
+  later. The delivery loop backs off with jitter, honouring ``retry_after``; it never drops
+  records for a retryable error, the backlog waits on disk.
+* ``PermanentError``: retrying will not help. With ``event_ids`` the sink has isolated the
+  records it could not deliver and delivered all others; those go straight to the
+  dead-letter table. Without ``event_ids`` the whole batch is retried a bounded number of
+  times and then dead-lettered.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+Record = dict[str, Any]
+"""A normalized record, as produced by ``forwarder.normalize`` (see the README)."""
+
+
+class SinkError(Exception):
+    """Base class of the errors a sink may raise from ``send``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RetryableError(SinkError):
+    """The batch could not be delivered now; the same batch should be tried again.
+
+    ``retry_after`` (seconds) is the earliest useful retry, from ``Retry-After`` or a
+    rate-limit header. ``unhealthy`` marks errors an operator must fix (a rejected API key):
+    the sink is reported unhealthy on ``/readyz``, ``/status`` and in metrics until a send
+    succeeds again, and retries slowly meanwhile.
+    """
+
+    def __init__(self, reason: str, *, retry_after: float | None = None, unhealthy: bool = False) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+        self.unhealthy = unhealthy
+
+
+class PermanentError(SinkError):
+    """Retrying will not help; see the module docstring for ``event_ids``."""
+
+    def __init__(self, reason: str, *, event_ids: Sequence[str] | None = None) -> None:
+        super().__init__(reason)
+        self.event_ids = list(event_ids) if event_ids is not None else None
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Include/exclude globs over event types (``authentication.*``). Empty include = all."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], prefix: str) -> EventFilter:
+        """Read ``{prefix}_EVENTS`` and ``{prefix}_EXCLUDE_EVENTS`` (comma-separated globs)."""
+        return cls(
+            include=_split_globs(env.get(f"{prefix}_EVENTS", "")),
+            exclude=_split_globs(env.get(f"{prefix}_EXCLUDE_EVENTS", "")),
+        )
+
+    def matches(self, event_type: str) -> bool:
+        if self.include and not any(fnmatch.fnmatchcase(event_type, glob) for glob in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(event_type, glob) for glob in self.exclude)
+
+
+def _split_globs(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """A destination for normalized records. ``max_batch`` bounds one ``send`` call."""
+
+    name: str
+    events: EventFilter
+    max_batch: int
+
+    async def send(self, batch: Sequence[Record]) -> None: ...
+
+    async def close(self) -> None:
+        """Flush and release connections; called once at shutdown with a bounded timeout."""
+        ...
+
+
+class SinkFactory(Protocol):
+    def __call__(self, env: Mapping[str, str]) -> Sink | None: ...
