@@ -1,0 +1,104 @@
+"""The forwarder's own Prometheus metrics, on one registry served at ``/metrics``.
+
+Labels stay bounded: results and kinds are fixed words, sinks are configured names and
+event types are folded into the known catalog plus ``other``. Never ids, emails or IPs.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+# ``*_created`` series double the output and no rule or dashboard here uses them.
+disable_created_metrics()
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+WEBHOOK_REQUESTS = Counter(
+    "workos_webhook_requests",
+    "Webhook requests by result (accepted, duplicate, or the rejection reason).",
+    ["result"],
+    registry=REGISTRY,
+)
+ACK_LATENCY = Histogram(
+    "workos_forwarder_ack_latency_seconds",
+    "Time from the start of a webhook request to its answer, commit included.",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    registry=REGISTRY,
+)
+SINK_DELIVERED = Counter(
+    "workos_forwarder_sink_delivered", "Records delivered by a sink.", ["sink"], registry=REGISTRY
+)
+SINK_FAILURES = Counter(
+    "workos_forwarder_sink_failures",
+    "Failed send attempts by kind (retryable, permanent).",
+    ["sink", "kind"],
+    registry=REGISTRY,
+)
+SINK_DEAD_LETTERED = Counter(
+    "workos_forwarder_sink_dead_lettered",
+    "Records moved to the dead-letter table.",
+    ["sink"],
+    registry=REGISTRY,
+)
+SINK_LAG_EVENTS = Gauge(
+    "workos_forwarder_sink_lag_events",
+    "Journal records not yet delivered by a sink.",
+    ["sink"],
+    registry=REGISTRY,
+)
+SINK_LAG_SECONDS = Gauge(
+    "workos_forwarder_sink_lag_seconds",
+    "Age of the oldest record a sink has not delivered yet (0 when caught up).",
+    ["sink"],
+    registry=REGISTRY,
+)
+SINK_HEALTHY = Gauge(
+    "workos_forwarder_sink_healthy",
+    "1 while a sink delivers, 0 while it fails with an error an operator must fix (e.g. a rejected API key).",
+    ["sink"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Gauge(
+    "workos_forwarder_dead_letters", "Dead letters waiting for replay, by sink.", ["sink"], registry=REGISTRY
+)
+JOURNAL_EVENTS = Gauge("workos_forwarder_journal_events", "Records held in the journal.", registry=REGISTRY)
+JOURNAL_BYTES = Gauge("workos_forwarder_journal_bytes", "Size of the journal on disk.", registry=REGISTRY)
+
+SINK_REQUESTS = Counter(
+    "workos_forwarder_sink_requests",
+    "HTTP requests made by remote sinks, by status class (2xx, 4xx, 5xx, error).",
+    ["sink", "status_class"],
+    registry=REGISTRY,
+)
+SINK_RETRIES = Counter(
+    "workos_forwarder_sink_retries",
+    "Requests of remote sinks that will be retried, by status class.",
+    ["sink", "status_class"],
+    registry=REGISTRY,
+)
+SINK_BYTES = Counter(
+    "workos_forwarder_sink_bytes",
+    "Bytes sent by remote sinks (after compression).",
+    ["sink"],
+    registry=REGISTRY,
+)
+SINK_LAST_SUCCESS = Gauge(
+    "workos_forwarder_sink_last_success_timestamp_seconds",
+    "Unix time of a sink's last successful send.",
+    ["sink"],
+    registry=REGISTRY,
+)
+
+RECONCILED_EVENTS = Counter(
+    "workos_reconciled_events",
+    "Events that reached the journal through one path only (api_only: a missed or late webhook).",
+    ["path"],
+    registry=REGISTRY,
+)
+ARRIVAL_DELAY = Histogram(
+    "workos_event_arrival_delay_seconds",
+    "Time between an event's creation at WorkOS and its first arrival here, by path.",
+    ["path"],
+    buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400),
+    registry=REGISTRY,
+)

@@ -1,0 +1,255 @@
+"""The one process: HTTP endpoints, the journal, one delivery loop per sink, background sources.
+
+``build_app`` does everything that can fail on configuration (sinks, journal, secrets)
+before the server binds its port, so a bad setting exits with a message instead of a
+half-started sidecar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import asdict
+from typing import Any
+
+import uvicorn
+from prometheus_client.exposition import choose_encoder
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from forwarder import metrics
+from forwarder.config import ConfigError, Settings, switch
+from forwarder.delivery import DeliveryLoop
+from forwarder.journal import Journal, JournalUnavailable, sqlite_path
+from forwarder.signature import Verifier
+from forwarder.sources import load_sources
+from forwarder.sources.webhook import WebhookEndpoint
+from sinks import load_sinks
+from sinks.base import Sink
+
+logger = logging.getLogger("forwarder.service")
+
+_HOUSEKEEPING_INTERVAL_S = 1.0
+_PRUNE_INTERVAL_S = 60.0
+
+
+def open_journal(settings: Settings) -> Journal:
+    if not settings.journal_url.startswith("sqlite:///"):
+        raise ConfigError(
+            "FORWARDER_JOURNAL_URL",
+            f"unsupported journal {settings.journal_url.split(':', 1)[0]!r}; use sqlite:///path/to/journal.sqlite3",
+        )
+    path = sqlite_path(settings.journal_url)
+    try:
+        return Journal(
+            path,
+            synchronous=settings.sqlite_synchronous,
+            max_bytes=settings.journal_max_bytes,
+            backlog_limit=settings.backlog_limit,
+        )
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(
+            "FORWARDER_DATA_DIR",
+            f"cannot open the journal at {path} ({exc}); check the folder exists and is writable",
+        ) from exc
+
+
+class Forwarder:
+    """Owns the journal, the sinks, their delivery loops and the background sources."""
+
+    def __init__(self, settings: Settings, env: Mapping[str, str]) -> None:
+        self.settings = settings
+        self.sinks: list[Sink] = load_sinks(env)
+        self.journal = open_journal(settings)
+        self.sources = load_sources(env, self.journal, settings.normalize)
+        self.ready_requires_sinks = switch(env, "FORWARDER_READY_REQUIRES_SINKS", False)
+        self.loops: list[DeliveryLoop] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._source_tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        cursors = await self.journal.register_sinks(sink.name for sink in self.sinks)
+        for sink in self.sinks:
+            loop = DeliveryLoop(
+                sink, self.journal, cursor=cursors[sink.name], max_attempts=self.settings.max_attempts
+            )
+            self.loops.append(loop)
+            self._tasks.append(asyncio.create_task(loop.run(), name=f"deliver-{sink.name}"))
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        for source in self.sources:
+            self._source_tasks.append(asyncio.create_task(source.run(), name=f"source-{source.name}"))
+        logger.info(
+            "forwarder started",
+            extra={
+                "sinks": [sink.name for sink in self.sinks],
+                "sources": ["webhook", *(source.name for source in self.sources)],
+                "journal": str(self.journal.path),
+            },
+        )
+
+    async def stop(self) -> None:
+        """Stop sources, let sinks drain for a bounded time, then close everything."""
+        for task in self._source_tasks:
+            task.cancel()
+        await asyncio.gather(*self._source_tasks, return_exceptions=True)
+        for loop in self.loops:
+            loop.stop()
+        delivery = [task for task in self._tasks if task.get_name().startswith("deliver-")]
+        _, pending = (
+            await asyncio.wait(delivery, timeout=self.settings.shutdown_timeout_s) if delivery else ((), ())
+        )
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if pending:
+            logger.warning(
+                "sinks still had records at shutdown; they resume from the journal on restart",
+                extra={"sinks": [task.get_name().removeprefix("deliver-") for task in pending]},
+            )
+        for sink in self.sinks:
+            try:
+                await asyncio.wait_for(sink.close(), self.settings.shutdown_timeout_s)
+            except Exception:
+                logger.exception("sink did not close cleanly", extra={"sink": sink.name})
+        await self.journal.close()
+        logger.info("forwarder stopped")
+
+    async def _housekeeping(self) -> None:
+        next_prune = time.monotonic() + _PRUNE_INTERVAL_S
+        while True:
+            try:
+                await asyncio.to_thread(self._refresh_gauges)
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + _PRUNE_INTERVAL_S
+                    removed = await self.journal.prune(self.settings.retention_s)
+                    if removed:
+                        logger.info("retention pruned delivered records", extra={"count": removed})
+            except Exception:
+                logger.exception("housekeeping failed")
+            await asyncio.sleep(_HOUSEKEEPING_INTERVAL_S)
+
+    def _refresh_gauges(self) -> None:
+        stats = self.journal.stats()
+        metrics.JOURNAL_EVENTS.set(stats.events)
+        metrics.JOURNAL_BYTES.set(stats.bytes)
+        dead = self.journal.dead_letter_counts()
+        now = time.time()
+        for loop in self.loops:
+            name = loop.status.name
+            metrics.SINK_LAG_EVENTS.labels(name).set(self.journal.pending(loop.status.cursor))
+            oldest = self.journal.oldest_after(loop.status.cursor)
+            metrics.SINK_LAG_SECONDS.labels(name).set(max(now - oldest, 0.0) if oldest else 0.0)
+            metrics.DEAD_LETTERS.labels(name).set(dead.get(name, 0))
+
+    def status(self) -> dict[str, Any]:
+        stats = self.journal.stats()
+        dead = self.journal.dead_letter_counts()
+        now = time.time()
+        sinks = {}
+        for loop in self.loops:
+            oldest = self.journal.oldest_after(loop.status.cursor)
+            sinks[loop.status.name] = {
+                **asdict(loop.status),
+                "lag_events": self.journal.pending(loop.status.cursor),
+                "lag_seconds": round(max(now - oldest, 0.0), 3) if oldest else 0.0,
+                "dead_letters": dead.get(loop.status.name, 0),
+            }
+        return {
+            "journal": {
+                "path": str(self.journal.path),
+                "events": stats.events,
+                "bytes": stats.bytes,
+                "head": stats.head,
+                "backlog": self.journal.backlog(),
+                "backlog_limit": self.journal.backlog_limit,
+                "last_error": self.journal.last_error,
+            },
+            "sinks": sinks,
+            "sources": {source.name: source.status() for source in self.sources},
+        }
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        problems: list[str] = []
+        if self.journal.last_error is not None:
+            try:
+                await self.journal.probe()
+            except JournalUnavailable as exc:
+                problems.append(f"journal: {exc}")
+        backlog = await asyncio.to_thread(self.journal.backlog)
+        if backlog >= self.journal.backlog_limit:
+            problems.append(f"journal: backlog {backlog} at its limit {self.journal.backlog_limit}")
+        unhealthy = {
+            loop.status.name: loop.status.last_error for loop in self.loops if not loop.status.healthy
+        }
+        if unhealthy and self.ready_requires_sinks:
+            problems.extend(f"sink {name}: {error}" for name, error in unhealthy.items())
+        return not problems, {"ready": not problems, "problems": problems, "unhealthy_sinks": unhealthy}
+
+
+def build_app(settings: Settings, env: Mapping[str, str]) -> Starlette:
+    forwarder = Forwarder(settings, env)
+    webhook = WebhookEndpoint(
+        Verifier(settings.secrets, settings.signature_tolerance_s),
+        forwarder.journal,
+        settings.normalize,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
+    )
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"alive": True})
+
+    async def readyz(request: Request) -> JSONResponse:
+        ready, body = await forwarder.readiness()
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def prometheus_metrics(request: Request) -> Response:
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encoder(metrics.REGISTRY), headers={"content-type": content_type})
+
+    async def status(request: Request) -> JSONResponse:
+        return JSONResponse(await asyncio.to_thread(forwarder.status))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await forwarder.start()
+        try:
+            yield
+        finally:
+            await forwarder.stop()
+
+    app = Starlette(
+        routes=[
+            Route(settings.webhook_path, webhook, methods=["POST"]),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/status", status),
+            Route("/metrics", prometheus_metrics),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.forwarder = forwarder
+    return app
+
+
+def serve(settings: Settings, env: Mapping[str, str]) -> None:
+    app = build_app(settings, env)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or 1,
+    )
+    uvicorn.Server(config).run()

@@ -1,0 +1,157 @@
+"""The webhook source: ``POST /webhooks/workos``.
+
+Read the raw body (capped, with a deadline), verify the signature over those exact bytes,
+parse, normalize and commit. The answer is 200 only once the event is in the journal; every
+other outcome has its own status and a short JSON reason, and changes nothing.
+
+This is the hot path of the product, so it is a plain ASGI callable: no request object,
+no middleware, one JSON encode for the record and one for the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from forwarder import metrics
+from forwarder.journal import Journal, JournalUnavailable, NewRecord
+from forwarder.logs import RateLimitedLog
+from forwarder.normalize import InvalidEvent, NormalizeOptions, created_at_epoch, normalize
+from forwarder.signature import SignatureError, Verifier
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+logger = logging.getLogger("forwarder.webhook")
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class _Rejected(Exception):
+    def __init__(self, status: int, result: str, detail: str | None = None) -> None:
+        self.status = status
+        self.result = result
+        self.detail = detail
+
+
+class WebhookEndpoint:
+    def __init__(
+        self,
+        verifier: Verifier,
+        journal: Journal,
+        options: NormalizeOptions,
+        *,
+        max_body_bytes: int,
+        body_timeout_s: float,
+    ) -> None:
+        self._verifier = verifier
+        self._journal = journal
+        self._options = options
+        self._max_body = max_body_bytes
+        self._body_timeout = body_timeout_s
+        self._warn = RateLimitedLog(logger)
+        self._results = {
+            result: metrics.WEBHOOK_REQUESTS.labels(result)
+            for result in (
+                "accepted",
+                "duplicate",
+                "missing_signature",
+                "malformed_signature",
+                "stale_timestamp",
+                "bad_signature",
+                "too_large",
+                "timeout",
+                "bad_request",
+                "unavailable",
+            )
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        headers = dict(scope["headers"])
+        try:
+            status, body, extra_headers = await self._handle(headers, receive, scope)
+        except _Rejected as rejection:
+            status, extra_headers = rejection.status, []
+            body = orjson.dumps({"error": rejection.result, "detail": rejection.detail})
+            self._results[rejection.result].inc()
+        await send(
+            {"type": "http.response.start", "status": status, "headers": _JSON_HEADERS + extra_headers}
+        )
+        await send({"type": "http.response.body", "body": body})
+        metrics.ACK_LATENCY.observe(time.perf_counter() - started)
+
+    async def _handle(
+        self, headers: dict[bytes, bytes], receive: Receive, scope: Scope
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        raw = await self._read_body(headers, receive)
+        signature = headers.get(b"workos-signature")
+        try:
+            self._verifier.verify(signature.decode("latin-1") if signature is not None else None, raw)
+        except SignatureError as exc:
+            client = scope.get("client")
+            self._warn.warning(
+                exc.reason,
+                "webhook signature rejected",
+                reason=exc.reason,
+                detail=exc.detail,
+                skew_ms=exc.skew_ms,
+                client=client[0] if client else None,
+            )
+            raise _Rejected(401, exc.reason, exc.detail) from None
+        try:
+            event = orjson.loads(raw)
+            record = normalize(event, self._options, delivery="webhook")
+        except (orjson.JSONDecodeError, InvalidEvent) as exc:
+            detail = "body is not JSON" if isinstance(exc, orjson.JSONDecodeError) else str(exc)
+            self._warn.warning("bad_request", "verified webhook is not an event", detail=detail)
+            raise _Rejected(400, "bad_request", detail) from None
+        event_id = event["id"]
+        created_at = created_at_epoch(event)
+        try:
+            (fresh,) = await self._journal.append(
+                [NewRecord(event_id, event["event"], created_at, orjson.dumps(record))]
+            )
+        except JournalUnavailable as exc:
+            self._warn.warning("unavailable", "webhook not stored", event_id=event_id, error=str(exc))
+            self._results["unavailable"].inc()
+            body = orjson.dumps({"error": "unavailable", "detail": str(exc)})
+            return 503, body, [(b"retry-after", str(exc.retry_after_s).encode())]
+        if fresh:
+            self._results["accepted"].inc()
+            if created_at is not None:
+                metrics.ARRIVAL_DELAY.labels("webhook").observe(max(time.time() - created_at, 0.0))
+        else:
+            self._results["duplicate"].inc()
+        result = b"accepted" if fresh else b"duplicate"
+        return 200, b'{"status":"' + result + b'","id":' + orjson.dumps(event_id) + b"}", []
+
+    async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self._max_body:
+            raise _Rejected(413, "too_large", f"body over {self._max_body} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self._body_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise _Rejected(400, "bad_request", "client disconnected")
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self._max_body:
+                        raise _Rejected(413, "too_large", f"body over {self._max_body} bytes")
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise _Rejected(408, "timeout", f"body not received within {self._body_timeout:g} s") from None
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)

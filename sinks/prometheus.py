@@ -1,0 +1,50 @@
+"""Prometheus counters of WorkOS events, served on the forwarder's ``/metrics``.
+
+``workos_events_total{event, category, outcome}``: the event label is folded into the known
+catalog plus ``other``, so a flood of new or bogus types cannot explode the series count.
+The counter starts from zero at each process start, as Prometheus counters do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from prometheus_client import Counter
+
+from forwarder.catalog import metric_event_label
+from forwarder.config import switch
+from forwarder.metrics import REGISTRY
+from sinks.base import EventFilter, Record
+
+EVENTS = Counter(
+    "workos_events",
+    "WorkOS events delivered by the forwarder, by type (unknown types as 'other'), category and outcome.",
+    ["event", "category", "outcome"],
+    registry=REGISTRY,
+)
+
+
+class PrometheusSink:
+    name = "prometheus"
+    max_batch = 1000
+
+    def __init__(self, events: EventFilter) -> None:
+        self.events = events
+
+    async def send(self, batch: Sequence[Record]) -> None:
+        counts: dict[tuple[str, str, str], int] = {}
+        for record in batch:
+            workos = record["workos"]
+            key = (metric_event_label(workos["event"]), workos["category"], record["evt"]["outcome"])
+            counts[key] = counts.get(key, 0) + 1
+        for labels, count in counts.items():
+            EVENTS.labels(*labels).inc(count)
+
+    async def close(self) -> None:
+        return None
+
+
+def create(env: Mapping[str, str]) -> PrometheusSink | None:
+    if not switch(env, "PROMETHEUS_SINK", True):
+        return None
+    return PrometheusSink(EventFilter.from_env(env, "PROMETHEUS"))
