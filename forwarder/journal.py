@@ -295,11 +295,9 @@ class Journal:
                 "INSERT OR IGNORE INTO cursors (sink, seq, updated_at) VALUES (?, 0, ?)",
                 [(name, now) for name in names],
             )
-            rows = conn.execute(
-                f"SELECT sink, seq FROM cursors WHERE sink IN ({','.join('?' * len(names))})", names
-            ).fetchall()
-            self._sinks = dict(rows)
-            return dict(rows)
+            cursors = dict(conn.execute("SELECT sink, seq FROM cursors").fetchall())
+            self._sinks = {name: cursors[name] for name in names}
+            return dict(self._sinks)
 
         return await self._submit(register)
 
