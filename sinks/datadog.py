@@ -1,0 +1,394 @@
+"""Datadog Logs sink: posts normalized records to the HTTP logs intake (``/api/v2/logs``).
+
+Datadog's intake has hard limits (1000 entries and 5 MB uncompressed per request, 1 MB per
+log) and quiet failure modes (a log dated more than 18 h ago is accepted and then never
+shows up; a log over 1 MB is cut blindly). This sink works inside those limits on purpose:
+
+* requests carry at most 1000 records and 4.25 MB, leaving headroom under the 5 MB limit;
+* a record over 1 MB is shortened here (message, then ``workos.data``/``workos.context``
+  cut, ``workos.truncated: true``) so what arrives is still valid, searchable JSON;
+* an event older than the intake accepts is restamped to now by default, its original
+  time kept in ``workos.created_at`` and tagged ``backfill:true``, so a backfill is visible.
+
+One ``send`` owns its batch: a 413 splits the request, a 400 bisects it down to the records
+Datadog rejects (returned as ``PermanentError(event_ids=...)`` for the dead-letter table),
+and anything transient is raised as ``RetryableError`` so the delivery loop backs off while
+the journal keeps the batch. Retrying and sleeping are the loop's job, never this module's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+import orjson
+from prometheus_client import Counter
+
+from forwarder import metrics
+from forwarder.config import ConfigError, choice, integer
+from sinks.base import EventFilter, PermanentError, Record, RetryableError
+
+logger = logging.getLogger(__name__)
+
+SITES = (
+    "datadoghq.com",
+    "us3.datadoghq.com",
+    "us5.datadoghq.com",
+    "datadoghq.eu",
+    "ap1.datadoghq.com",
+    "ap2.datadoghq.com",
+    "uk1.datadoghq.com",
+    "ddog-gov.com",
+    "us2.ddog-gov.com",
+)
+MAX_ENTRIES = 1000
+MAX_REQUEST_BYTES = 4_250_000
+MAX_LOG_BYTES = 1_000_000
+# Datadog drops dates more than 18 h old. Restamp a little earlier so a record that is
+# almost 18 h old is not dropped while it is in flight or waiting for a retry.
+MAX_AGE_S = 18 * 3600
+RESTAMP_MARGIN_S = 10 * 60
+BACKFILL_POLICIES = ("restamp", "keep", "drop")
+TRUNCATION_MARK = " [truncated]"
+REQUEST_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+
+BACKFILL_DROPPED = Counter(
+    "workos_forwarder_sink_backfill_dropped",
+    "Records a sink skipped because they are older than the destination accepts (DD_BACKFILL_POLICY=drop).",
+    ["sink"],
+    registry=metrics.REGISTRY,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """One record ready to post: its event id and its JSON bytes (within MAX_LOG_BYTES)."""
+
+    event_id: str
+    body: bytes
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What the requests of one send() produced, gathered across concurrent chunks."""
+
+    rejected: list[tuple[str, str]]
+    retryable: list[RetryableError]
+
+
+class DatadogSink:
+    """Datadog Logs intake over httpx (keep-alive), gzip and orjson. See the module docstring."""
+
+    max_batch = MAX_ENTRIES
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        url: str,
+        events: EventFilter,
+        compression_level: int = 6,
+        max_in_flight: int = 4,
+        backfill_policy: str = "restamp",
+        name: str = "datadog",
+    ) -> None:
+        self.name = name
+        self.events = events
+        self.url = url
+        self._compression_level = compression_level
+        self._backfill_policy = backfill_policy
+        self._in_flight = asyncio.Semaphore(max_in_flight)
+        headers = {
+            "DD-API-KEY": api_key,
+            "Content-Type": "application/json",
+            "User-Agent": "workos-forwarder",
+        }
+        if compression_level:
+            headers["Content-Encoding"] = "gzip"
+        self._client = httpx.AsyncClient(
+            headers=headers,
+            timeout=REQUEST_TIMEOUT,
+            limits=httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight),
+        )
+        # Event ids the intake accepted during a send() that failed as a whole: the delivery
+        # loop retries the same batch, and these need not be posted (and indexed) twice.
+        self._accepted: set[str] = set()
+        self._credentials_rejected = False
+
+    async def send(self, batch: Sequence[Record]) -> None:
+        prepared = await asyncio.to_thread(self._prepare, batch, time.time())
+        chunks = _chunks(prepared)
+        outcome = _Outcome(rejected=[], retryable=[])
+        results = await asyncio.gather(
+            *(self._deliver(chunk, outcome) for chunk in chunks), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, RetryableError):
+                outcome.retryable.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+        if outcome.retryable:
+            raise _merge(outcome.retryable)
+        self._accepted.clear()
+        if outcome.rejected:
+            first_reason = outcome.rejected[0][1]
+            raise PermanentError(
+                f"Datadog rejected {len(outcome.rejected)} record(s); first answer: {first_reason}",
+                event_ids=[event_id for event_id, _ in outcome.rejected],
+            )
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    def _prepare(self, batch: Sequence[Record], now: float) -> list[_Prepared]:
+        prepared = []
+        for record in batch:
+            event_id = str(record.get("workos", {}).get("id", ""))
+            if event_id in self._accepted:
+                continue
+            dated = _apply_backfill_policy(record, now, self._backfill_policy)
+            if dated is None:
+                BACKFILL_DROPPED.labels(self.name).inc()
+                continue
+            prepared.append(_Prepared(event_id, _fit(dated)))
+        return prepared
+
+    async def _deliver(self, chunk: list[_Prepared], outcome: _Outcome) -> None:
+        """Post one chunk; split on 413, bisect on 400, raise RetryableError otherwise."""
+        response = await self._post(chunk)
+        status = response.status_code
+        if 200 <= status < 300:
+            self._accepted.update(item.event_id for item in chunk)
+            return
+        if status in (400, 413):
+            if len(chunk) == 1:
+                reason = f"HTTP {status} for event {chunk[0].event_id}: {_excerpt(response.text)}"
+                logger.warning(
+                    "datadog rejected a record",
+                    extra={"sink": self.name, "event_id": chunk[0].event_id, "status_code": status},
+                )
+                outcome.rejected.append((chunk[0].event_id, reason))
+                return
+            middle = len(chunk) // 2
+            await self._deliver(chunk[:middle], outcome)
+            await self._deliver(chunk[middle:], outcome)
+            return
+        raise self._retryable(response)
+
+    async def _post(self, chunk: list[_Prepared]) -> httpx.Response:
+        body = b"[" + b",".join(item.body for item in chunk) + b"]"
+        if self._compression_level:
+            body = await asyncio.to_thread(gzip.compress, body, self._compression_level)
+        async with self._in_flight:
+            try:
+                response = await self._client.post(self.url, content=body)
+            except httpx.HTTPError as exc:
+                metrics.SINK_REQUESTS.labels(self.name, "error").inc()
+                metrics.SINK_RETRIES.labels(self.name, "error").inc()
+                raise RetryableError(f"{self.name}: cannot reach {self.url}: {exc!r}") from exc
+        status_class = f"{response.status_code // 100}xx"
+        metrics.SINK_REQUESTS.labels(self.name, status_class).inc()
+        metrics.SINK_BYTES.labels(self.name).inc(len(body))
+        if response.is_success:
+            metrics.SINK_LAST_SUCCESS.labels(self.name).set(time.time())
+            if self._credentials_rejected:
+                logger.info("datadog accepts the API key again", extra={"sink": self.name})
+                self._credentials_rejected = False
+        elif response.status_code not in (400, 413):
+            metrics.SINK_RETRIES.labels(self.name, status_class).inc()
+        return response
+
+    def _retryable(self, response: httpx.Response) -> RetryableError:
+        status = response.status_code
+        detail = _excerpt(response.text)
+        if status in (401, 403):
+            reason = (
+                f"{self.name}: HTTP {status} from {self.url}: the API key was rejected; "
+                f"check DD_API_KEY and that DD_SITE matches the key's Datadog site ({detail})"
+            )
+            if not self._credentials_rejected:
+                logger.error(reason, extra={"sink": self.name, "status_code": status})
+                self._credentials_rejected = True
+            return RetryableError(reason, unhealthy=True)
+        if status in (408, 429) or status >= 500:
+            return RetryableError(
+                f"{self.name}: HTTP {status} from {self.url}: {detail}", retry_after=_retry_after(response)
+            )
+        # 404, 405 and friends mean the URL is not a logs intake: an operator must fix it.
+        return RetryableError(
+            f"{self.name}: unexpected HTTP {status} from {self.url}; check DD_LOGS_URL / DD_SITE ({detail})",
+            unhealthy=True,
+        )
+
+
+def _merge(errors: list[RetryableError]) -> RetryableError:
+    """One error for the loop: the longest wait asked for, unhealthy if any answer was."""
+    waits = [error.retry_after for error in errors if error.retry_after is not None]
+    unhealthy = [error for error in errors if error.unhealthy]
+    first = (unhealthy or errors)[0]
+    return RetryableError(first.reason, retry_after=max(waits) if waits else None, unhealthy=bool(unhealthy))
+
+
+def _chunks(prepared: list[_Prepared]) -> list[list[_Prepared]]:
+    """Greedy split by count and by uncompressed size (brackets and commas included)."""
+    chunks: list[list[_Prepared]] = []
+    current: list[_Prepared] = []
+    size = 2
+    for item in prepared:
+        if current and (len(current) == MAX_ENTRIES or size + len(item.body) + 1 > MAX_REQUEST_BYTES):
+            chunks.append(current)
+            current, size = [], 2
+        current.append(item)
+        size += len(item.body) + 1
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _apply_backfill_policy(record: Record, now: float, policy: str) -> Record | None:
+    """The record as it should be posted given its age; None when the policy drops it."""
+    created = _epoch(record.get("date"))
+    if created is None or now - created <= MAX_AGE_S - RESTAMP_MARGIN_S or policy == "keep":
+        return record
+    if policy == "drop":
+        return None
+    workos = dict(record.get("workos") or {})
+    workos.setdefault("created_at", record.get("date"))
+    tags = record.get("ddtags") or ""
+    return {
+        **record,
+        "date": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "ddtags": f"{tags},backfill:true" if tags else "backfill:true",
+        "workos": workos,
+    }
+
+
+def _epoch(value: Any) -> float | None:
+    if isinstance(value, int | float):
+        return value / 1000.0
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def _fit(record: Record) -> bytes:
+    """The record's JSON, shortened on purpose when it is over Datadog's 1 MB per log.
+
+    The largest of ``message``, ``workos.data`` and ``workos.context`` is cut first (an
+    object becomes its JSON text, cut), so a huge payload never costs the readable message.
+    """
+    encoded = orjson.dumps(record)
+    if len(encoded) <= MAX_LOG_BYTES:
+        return encoded
+    workos = {**(record.get("workos") or {}), "truncated": True}
+    shortened: dict[str, Any] = {**record, "workos": workos}
+    slots = ((shortened, "message"), (workos, "data"), (workos, "context"))
+    while (excess := len(encoded := orjson.dumps(shortened)) - MAX_LOG_BYTES) > 0:
+        candidates = [
+            (len(orjson.dumps(container[key])), container, key)
+            for container, key in slots
+            if container.get(key) is not None and container[key] != TRUNCATION_MARK
+        ]
+        if sum(size for size, _, _ in candidates) <= excess:
+            return _minimal(record)  # the bulk is elsewhere (a huge actor or error text)
+        _, container, key = max(candidates, key=lambda candidate: candidate[0])
+        # Each character removed removes at least one byte, so one cut is enough for a
+        # string; an object turned into a string escapes its quotes and may need a second.
+        value = container[key]
+        text = value if isinstance(value, str) else orjson.dumps(value).decode()
+        container[key] = text[: max(len(text) - excess - len(TRUNCATION_MARK), 0)] + TRUNCATION_MARK
+    return encoded
+
+
+def _minimal(record: Record) -> bytes:
+    """For pathological records (a huge actor, thousands of keys): what identifies the event."""
+    minimal = {
+        key: record[key]
+        for key in ("ddsource", "service", "ddtags", "status", "date", "evt")
+        if key in record
+    }
+    minimal["message"] = str(record.get("message", ""))[: MAX_LOG_BYTES // 8]  # <= 4 bytes a character
+    workos = record.get("workos") or {}
+    minimal["workos"] = {
+        key: workos[key] for key in ("id", "event", "category", "created_at") if key in workos
+    }
+    minimal["workos"]["truncated"] = True
+    return orjson.dumps(minimal)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds from ``Retry-After`` (seconds or HTTP date) or ``X-Ratelimit-Reset``, the larger."""
+    waits = [
+        wait
+        for wait in (
+            _seconds(response.headers.get("retry-after")),
+            _seconds(response.headers.get("x-ratelimit-reset")),
+        )
+        if wait is not None
+    ]
+    return max(max(waits), 0.0) if waits else None
+
+
+def _seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return parsedate_to_datetime(value).timestamp() - time.time()
+    except (TypeError, ValueError):
+        return None
+
+
+def _excerpt(text: str, limit: int = 500) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def create(env: Mapping[str, str]) -> DatadogSink | None:
+    """The Datadog sink when ``DD_API_KEY`` is set, else None. See the README for each variable."""
+    api_key = env.get("DD_API_KEY", "").strip()
+    if not api_key:
+        return None
+    url = env.get("DD_LOGS_URL", "").strip()
+    if url:
+        if not url.startswith(("https://", "http://")):
+            raise ConfigError(
+                "DD_LOGS_URL", f"{url!r} is not an http(s) URL, e.g. https://proxy:8443/api/v2/logs"
+            )
+    else:
+        site = env.get("DD_SITE", "").strip().lower() or "datadoghq.com"
+        if site not in SITES:
+            raise ConfigError(
+                "DD_SITE",
+                f"{site!r} is not a Datadog site; use one of {', '.join(SITES)} "
+                "(the part after 'app.' in your Datadog URL), or set DD_LOGS_URL",
+            )
+        url = f"https://http-intake.logs.{site}/api/v2/logs"
+    level = integer(env, "DD_COMPRESSION_LEVEL", 6, minimum=0)
+    if level > 9:
+        raise ConfigError(
+            "DD_COMPRESSION_LEVEL", f"{level} is above 9; use 0 (no compression) to 9 (smallest)"
+        )
+    return DatadogSink(
+        api_key=api_key,
+        url=url,
+        events=EventFilter.from_env(env, "DD"),
+        compression_level=level,
+        max_in_flight=integer(env, "DD_MAX_IN_FLIGHT", 4, minimum=1),
+        backfill_policy=choice(env, "DD_BACKFILL_POLICY", "restamp", BACKFILL_POLICIES),
+    )
