@@ -48,6 +48,8 @@ def configure(level: str) -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every request at INFO: one line per Datadog post is noise, not news.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class RateLimitedLog:
