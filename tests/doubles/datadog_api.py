@@ -1,0 +1,292 @@
+"""The part of Datadog's API that ``workos-forwarder datadog apply`` uses, on loopback.
+
+Monitors (list with ``monitor_tags``, paging, create, update, validate), dashboards (list,
+get, create, update) and log-based metrics (list, get, create, update). Like the real
+service it answers 403 without both keys, fills in what the server owns (ids, timestamps,
+creator, state, widget ids, option defaults, thresholds as floats) so apply has to strip
+and ignore them, rejects a monitor whose critical threshold differs from its query, and
+refuses to change the compute of an existing log-based metric. ``requests`` records every
+call so tests can assert that a second apply writes nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import itertools
+import re
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tests.doubles import LoopbackServer
+
+API_KEY = "test-api-key"
+APP_KEY = "test-app-key"
+
+
+@dataclass(frozen=True)
+class ApiRequest:
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any
+
+
+class DatadogApi(LoopbackServer):
+    def __init__(self) -> None:
+        self.monitors: dict[int, dict[str, Any]] = {}
+        self.dashboards: dict[str, dict[str, Any]] = {}
+        self.log_metrics: dict[str, dict[str, Any]] = {}
+        self.requests: list[ApiRequest] = []
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1001)
+        app = Starlette(
+            routes=[
+                Route("/api/v1/monitor", self._monitors, methods=["GET", "POST"]),
+                Route("/api/v1/monitor/validate", self._validate_monitor, methods=["POST"]),
+                Route("/api/v1/monitor/{monitor_id:int}", self._monitor, methods=["GET", "PUT"]),
+                Route("/api/v1/dashboard", self._dashboards, methods=["GET", "POST"]),
+                Route("/api/v1/dashboard/{dashboard_id}", self._dashboard, methods=["GET", "PUT"]),
+                Route("/api/v2/logs/config/metrics", self._log_metrics, methods=["GET", "POST"]),
+                Route("/api/v2/logs/config/metrics/{metric_id}", self._log_metric, methods=["GET", "PATCH"]),
+            ]
+        )
+        super().__init__(app)
+
+    @property
+    def writes(self) -> list[ApiRequest]:
+        """Requests that change something (validation is not a change)."""
+        return [r for r in self.requests if r.method != "GET" and not r.path.endswith("/validate")]
+
+    # --- helpers used by tests to play "someone edited it in the UI" ---
+
+    def add_monitor(self, monitor: dict[str, Any]) -> int:
+        with self._lock:
+            return self._store_monitor(copy.deepcopy(monitor))["id"]
+
+    def monitor_named(self, name: str) -> dict[str, Any]:
+        matches = [m for m in self.monitors.values() if m["name"] == name]
+        assert len(matches) == 1, f"{len(matches)} monitors named {name!r}"
+        return matches[0]
+
+    # --- monitors ---
+
+    async def _monitors(self, request: Request) -> Response:
+        body = await self._begin(request)
+        if isinstance(body, Response):
+            return body
+        if request.method == "GET":
+            tags = [t for t in request.query_params.get("monitor_tags", "").split(",") if t]
+            found = [m for m in self.monitors.values() if all(t in m.get("tags", []) for t in tags)]
+            found.sort(key=lambda m: m["id"])
+            if "page" in request.query_params:
+                size = int(request.query_params.get("page_size", "100"))
+                page = int(request.query_params["page"])
+                found = found[page * size : (page + 1) * size]
+            return _json(found)
+        problem = _monitor_problem(body)
+        if problem:
+            return _json({"errors": [problem]}, 400)
+        with self._lock:
+            return _json(self._store_monitor(body))
+
+    async def _validate_monitor(self, request: Request) -> Response:
+        body = await self._begin(request)
+        if isinstance(body, Response):
+            return body
+        problem = _monitor_problem(body)
+        return _json({"errors": [problem]}, 400) if problem else _json({})
+
+    async def _monitor(self, request: Request) -> Response:
+        body = await self._begin(request)
+        if isinstance(body, Response):
+            return body
+        monitor_id = request.path_params["monitor_id"]
+        if monitor_id not in self.monitors:
+            return _json({"errors": ["Monitor not found"]}, 404)
+        if request.method == "GET":
+            return _json(self.monitors[monitor_id])
+        with self._lock:
+            merged = {**self.monitors[monitor_id], **body}
+            problem = _monitor_problem(merged)
+            if problem:
+                return _json({"errors": [problem]}, 400)
+            merged["options"] = _monitor_options(body.get("options", merged["options"]))
+            merged["modified"] = _now()
+            self.monitors[monitor_id] = merged
+            return _json(merged)
+
+    def _store_monitor(self, body: dict[str, Any]) -> dict[str, Any]:
+        monitor_id = next(self._ids)
+        now = _now()
+        monitor = {
+            **body,
+            "id": monitor_id,
+            "created": now,
+            "modified": now,
+            "creator": {"email": "sre@example.com", "handle": "sre@example.com", "name": "SRE"},
+            "overall_state": "No Data",
+            "multi": ".by(" in body.get("query", ""),
+            "deleted": None,
+            "restricted_roles": None,
+            "options": _monitor_options(body.get("options", {})),
+        }
+        self.monitors[monitor_id] = monitor
+        return monitor
+
+    # --- dashboards ---
+
+    async def _dashboards(self, request: Request) -> Response:
+        body = await self._begin(request)
+        if isinstance(body, Response):
+            return body
+        if request.method == "GET":
+            start = int(request.query_params.get("start", "0"))
+            count = int(request.query_params.get("count", "100"))
+            summaries = [
+                {
+                    key: d.get(key)
+                    for key in ("id", "title", "description", "layout_type", "url", "author_handle")
+                }
+                | {"created_at": d["created_at"], "modified_at": d["modified_at"], "is_read_only": False}
+                for d in self.dashboards.values()
+            ]
+            return _json({"dashboards": summaries[start : start + count]})
+        with self._lock:
+            dashboard_id = f"abc-{next(self._ids)}-xyz"
+            self.dashboards[dashboard_id] = _server_dashboard(body, dashboard_id, None)
+            return _json(self.dashboards[dashboard_id])
+
+    async def _dashboard(self, request: Request) -> Response:
+        body = await self._begin(request)
+        if isinstance(body, Response):
+            return body
+        dashboard_id = request.path_params["dashboard_id"]
+        if dashboard_id not in self.dashboards:
+            return _json({"errors": ["Dashboard not found"]}, 404)
+        if request.method == "GET":
+            return _json(self.dashboards[dashboard_id])
+        with self._lock:
+            self.dashboards[dashboard_id] = _server_dashboard(
+                body, dashboard_id, self.dashboards[dashboard_id]
+            )
+            return _json(self.dashboards[dashboard_id])
+
+    # --- log-based metrics ---
+
+    async def _log_metrics(self, request: Request) -> Response:
+        body = await self._begin(request)
+        if isinstance(body, Response):
+            return body
+        if request.method == "GET":
+            return _json({"data": list(self.log_metrics.values())})
+        data = body["data"]
+        if data["id"] in self.log_metrics:
+            return _json({"errors": [f"Metric {data['id']} already exists"]}, 409)
+        with self._lock:
+            self.log_metrics[data["id"]] = {
+                "id": data["id"],
+                "type": "logs_metrics",
+                "attributes": data["attributes"],
+            }
+            return _json({"data": self.log_metrics[data["id"]]})
+
+    async def _log_metric(self, request: Request) -> Response:
+        body = await self._begin(request)
+        if isinstance(body, Response):
+            return body
+        metric_id = request.path_params["metric_id"]
+        if metric_id not in self.log_metrics:
+            return _json({"errors": ["Metric not found"]}, 404)
+        if request.method == "GET":
+            return _json({"data": self.log_metrics[metric_id]})
+        attributes = body["data"]["attributes"]
+        current = self.log_metrics[metric_id]["attributes"]
+        if set(attributes.get("compute", {})) - {"include_percentiles"}:
+            return _json({"errors": ["compute.aggregation_type and compute.path cannot be updated"]}, 400)
+        with self._lock:
+            current.update({key: value for key, value in attributes.items() if key != "compute"})
+            return _json({"data": self.log_metrics[metric_id]})
+
+    # --- plumbing ---
+
+    async def _begin(self, request: Request) -> Any:
+        """Record the request, check the keys; the decoded body, or the error Response."""
+        wire = await request.body()
+        if request.headers.get("content-encoding") == "gzip":
+            wire = gzip.decompress(wire)
+        body = orjson.loads(wire) if wire else None
+        self.requests.append(ApiRequest(request.method, request.url.path, dict(request.query_params), body))
+        if (
+            request.headers.get("dd-api-key") != API_KEY
+            or request.headers.get("dd-application-key") != APP_KEY
+        ):
+            return _json({"errors": ["Forbidden"]}, 403)
+        return body
+
+
+def _monitor_problem(monitor: dict[str, Any]) -> str | None:
+    for key in ("name", "type", "query"):
+        if not monitor.get(key):
+            return f"The parameter '{key}' is required"
+    match = re.search(r"(?:<=|>=|<|>|==|!=)\s*(-?\d+(?:\.\d+)?)\s*$", monitor["query"])
+    critical = monitor.get("options", {}).get("thresholds", {}).get("critical")
+    if match and critical is not None and float(match.group(1)) != float(critical):
+        return f"Alert threshold ({critical}) does not match that used in the query ({match.group(1)})."
+    return None
+
+
+def _monitor_options(options: dict[str, Any]) -> dict[str, Any]:
+    """What Datadog answers: defaults filled in, thresholds as floats."""
+    filled = {"notify_audit": False, "include_tags": True, "silenced": {}, "new_host_delay": 300, **options}
+    filled["thresholds"] = {key: float(value) for key, value in options.get("thresholds", {}).items()}
+    return filled
+
+
+def _server_dashboard(
+    body: dict[str, Any], dashboard_id: str, previous: dict[str, Any] | None
+) -> dict[str, Any]:
+    now = _now()
+    widget_ids = itertools.count(7_000_000)
+
+    def with_ids(widgets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for widget in widgets:
+            widget = {**copy.deepcopy(widget), "id": next(widget_ids)}
+            definition = widget["definition"]
+            if isinstance(definition.get("widgets"), list):
+                definition["widgets"] = with_ids(definition["widgets"])
+            out.append(widget)
+        return out
+
+    return {
+        "notify_list": None,
+        "template_variables": None,
+        "tags": [],
+        "is_read_only": False,
+        **body,
+        "widgets": with_ids(body.get("widgets", [])),
+        "id": dashboard_id,
+        "url": f"/dashboard/{dashboard_id}/workos-overview",
+        "author_handle": "sre@example.com",
+        "author_name": "SRE",
+        "created_at": previous["created_at"] if previous else now,
+        "modified_at": now,
+        "experience_type": "default",
+    }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(value), status_code=status, media_type="application/json")
