@@ -1,0 +1,250 @@
+"""Turn one WorkOS event into the normalized record every sink consumes.
+
+The record (README, "The normalized record") puts the facts a log platform indexes
+(status, user, client IP, user agent, error) in Datadog's standard attributes, and keeps
+the original ``data`` and ``context`` untouched under ``workos`` so nothing is lost.
+
+This runs for every webhook before it is acknowledged, so it is kept cheap: no copies of
+the event (``workos.data`` *is* the caller's object), regexes compiled once, the tag string
+cached per (env, type). It must never fail on a well-formed event with a new type or new
+fields: WorkOS adds both over time.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any, Literal
+
+from forwarder import catalog
+from forwarder.redaction import Redactor
+
+Delivery = Literal["webhook", "api"]
+
+FORWARDER_TAG = "forwarder:workos-forwarder"
+"""Tells our logs apart from WorkOS's own Datadog stream, which also says ``source:workos``."""
+
+_JSON_TYPE_NAMES = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    type(None): "null",
+}
+
+
+class InvalidEvent(ValueError):
+    """The payload is not a WorkOS event; the message says what is wrong (answered as HTTP 400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizeOptions:
+    service: str = "workos-events"
+    env: str = "production"
+    redaction: Redactor | None = None
+
+
+def normalize(event: Any, options: NormalizeOptions, *, delivery: Delivery = "webhook") -> dict[str, Any]:
+    """The normalized record of ``event`` (a decoded JSON body), redacted if configured.
+
+    Raises ``InvalidEvent`` when ``event`` lacks what every WorkOS event has: an object with
+    a non-empty string ``id`` and ``event``, and ``data`` an object when present.
+    """
+    if not isinstance(event, dict):
+        raise InvalidEvent(f"an event must be a JSON object, got {_json_type(event)}")
+    event_id = event.get("id")
+    if not isinstance(event_id, str) or not event_id:
+        raise InvalidEvent(f'event has no "id": a non-empty string is required, got {_json_type(event_id)}')
+    event_type = event.get("event")
+    if not isinstance(event_type, str) or not event_type:
+        raise InvalidEvent(
+            f'event {_clip(event_id)} has no "event" type: a non-empty string is required, '
+            f"got {_json_type(event_type)}"
+        )
+    data = event.get("data")
+    if data is None:
+        data = {}
+    elif not isinstance(data, dict):
+        raise InvalidEvent(f'event {_clip(event_id)}: "data" must be an object, got {_json_type(data)}')
+    context = event.get("context")
+    raw_created = event.get("created_at")
+
+    outcome = catalog.outcome(event_type)
+    category = catalog.category(event_type)
+    created = _parse_time(raw_created)
+
+    user = data.get("user")  # dsync.group.user_* carry the directory user here
+    if not isinstance(user, dict):
+        user = {}
+    user_id = _text(data.get("user_id")) or _text(user.get("id"))
+    if not user_id and category == "user":
+        user_id = _text(data.get("id"))
+    email = _text(data.get("email")) or _text(user.get("email"))
+    ip = _text(data.get("ip_address"))
+    user_agent = _text(data.get("user_agent"))
+    error_kind, error_message = _error(data, outcome)
+
+    summary = event_type
+    if email or user_id:
+        summary = f"{summary} for {email or user_id}"
+    if ip:
+        summary = f"{summary} from {ip}"
+    if error_kind or error_message:
+        summary = f"{summary}: {error_kind or error_message}"
+
+    record: dict[str, Any] = {
+        "ddsource": "workos",
+        "service": options.service,
+        "ddtags": _ddtags(options.env, event_type),
+        "status": catalog.status(event_type),
+        "date": _record_date(raw_created, created),
+        "message": summary,
+        "evt": {"name": event_type, "outcome": outcome},
+    }
+    if user_id and email:
+        record["usr"] = {"id": user_id, "email": email}
+    elif user_id:
+        record["usr"] = {"id": user_id}
+    elif email:
+        record["usr"] = {"email": email}
+    if ip:
+        record["network"] = {"client": {"ip": ip}}
+    if user_agent:
+        record["http"] = {"useragent": user_agent}
+    if error_kind or error_message:
+        error = record["error"] = {}
+        if error_kind:
+            error["kind"] = error_kind
+        if error_message:
+            error["message"] = error_message
+
+    workos: dict[str, Any] = {"id": event_id, "event": event_type, "category": category}
+    if raw_created is not None:
+        workos["created_at"] = raw_created
+    organization_id = _organization_id(data, category)
+    if organization_id:
+        workos["organization_id"] = organization_id
+    if isinstance(context, dict):
+        actor = context.get("actor")
+        if isinstance(actor, dict) and actor:
+            workos["actor"] = actor
+    workos["data"] = data
+    if context is not None:
+        workos["context"] = context
+    workos["delivery"] = delivery
+    record["workos"] = workos
+
+    if options.redaction is not None:
+        return options.redaction.apply(record)
+    return record
+
+
+def event_time(record: dict[str, Any]) -> float:
+    """Epoch seconds of a normalized record's ``date`` (always set, always parseable)."""
+    return datetime.fromisoformat(record["date"]).timestamp()
+
+
+def created_at_epoch(event: dict[str, Any]) -> float | None:
+    """Epoch seconds of a raw event's ``created_at``, or None when missing or unparseable."""
+    created = _parse_time(event.get("created_at"))
+    return created.timestamp() if created is not None else None
+
+
+def _text(value: Any) -> str | None:
+    """A non-empty string field, or None: WorkOS sends null for unknown users and IPs."""
+    return value if type(value) is str and value else None
+
+
+def _error(data: dict[str, Any], outcome: str) -> tuple[str | None, str | None]:
+    """(kind, message) of the failure the event describes, in whichever shape WorkOS used."""
+    kind = message = None
+    error = data.get("error")
+    if isinstance(error, dict):  # authentication.*_failed / sso_timed_out: error{code, message}
+        kind, message = _text(error.get("code")), _text(error.get("message"))
+    elif type(error) is str:
+        message = error or None
+    # pipes.connected_account.connection_failed: error_code / error_reason
+    kind = kind or _text(data.get("error_code"))
+    message = message or _text(data.get("error_reason"))
+    if not kind and outcome == "failure":
+        # organization_domain.verification_failed: reason. Elsewhere "reason" is not an error.
+        kind = _text(data.get("reason"))
+    return kind, message
+
+
+def _organization_id(data: dict[str, Any], category: str) -> str | None:
+    organization_id = _text(data.get("organization_id"))
+    if organization_id:
+        return organization_id
+    for nested in ("sso", "organization_domain"):  # sso_* events; domain verification_failed
+        value = data.get(nested)
+        if isinstance(value, dict) and (organization_id := _text(value.get("organization_id"))):
+            return organization_id
+    return _text(data.get("id")) if category == "organization" else None
+
+
+def _parse_time(raw: Any) -> datetime | None:
+    """Lenient ISO-8601, in UTC; a string without a zone is UTC. None when unparseable."""
+    if type(raw) is not str:
+        return None
+    try:
+        parsed = datetime.fromisoformat(raw)
+    except ValueError:
+        try:  # RFC 3339 allows a lower-case "t" / "z"; surrounding whitespace is harmless.
+            parsed = datetime.fromisoformat(raw.strip().upper())
+        except ValueError:
+            return None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 shifted out of range by its offset
+        return None
+
+
+def _record_date(raw: Any, created: datetime | None) -> str:
+    """``date``: ``created`` as ``2026-11-26T23:31:00.123Z``; now when there is no ``created``."""
+    if created is None:
+        created = datetime.now(UTC)
+    elif (
+        len(raw) == 24
+        and raw[4] == raw[7] == "-"
+        and raw[10] == "T"
+        and raw[13] == raw[16] == ":"
+        and raw[19] == "."
+        and raw[23] == "Z"
+    ):
+        return raw  # WorkOS's usual form is already ours: formatting costs more than this check
+    return f"{created.replace(tzinfo=None).isoformat(timespec='milliseconds')}Z"
+
+
+# Tags must start with a letter, be lower case and at most 200 characters; anything else
+# Datadog mangles. Event types are short dotted snake_case words: anything else (or a
+# long alphanumeric run, the shape of an id) is tagged "other" so a tag never carries an id.
+_TAG_SAFE_TYPE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*")
+_TAG_UNSAFE_CHARS = re.compile(r"[^a-z0-9_.:/-]")
+_TYPE_WORDS = re.compile(r"[._]")
+
+
+@lru_cache(maxsize=1024)
+def _ddtags(env: str, event_type: str) -> str:
+    event_tag = event_type.lower()
+    if (
+        len(event_tag) > 150
+        or not _TAG_SAFE_TYPE.fullmatch(event_tag)
+        or any(len(word) >= 20 and not word.isalpha() for word in _TYPE_WORDS.split(event_tag))
+    ):
+        event_tag = "other"
+    env_tag = _TAG_UNSAFE_CHARS.sub("_", env.lower())[:196] or "unknown"
+    category = catalog.category(event_tag)
+    return f"source:workos,env:{env_tag},event:{event_tag},category:{category},{FORWARDER_TAG}"
+
+
+def _json_type(value: Any) -> str:
+    return _JSON_TYPE_NAMES.get(type(value), "a number" if isinstance(value, int | float) else "a value")
+
+
+def _clip(event_id: str) -> str:
+    return event_id if len(event_id) <= 80 else f"{event_id[:80]}..."
