@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
+from forwarder.backfill import backfill
 from forwarder.config import ConfigError, Settings, load_environment
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -129,6 +130,8 @@ def dlq_replay(sink: str | None, event_id: str | None) -> None:
     count = asyncio.run(replay())
     click.echo(f"{count} dead letter(s) marked for replay; `workos-forwarder serve` re-sends them")
 
+
+main.add_command(backfill)
 
 if __name__ == "__main__":
     main()
