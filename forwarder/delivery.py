@@ -17,13 +17,17 @@ from dataclasses import dataclass
 import orjson
 
 from forwarder import metrics
-from forwarder.journal import Entry, Journal
+from forwarder.engines import Lease
+from forwarder.journal import Entry, Journal, JournalUnavailable
 from sinks.base import PermanentError, RetryableError, Sink
 
 logger = logging.getLogger("forwarder.delivery")
 
 _FAILURE_LOG_INTERVAL_S = 60.0
 _REPLAY_CHECK_INTERVAL_S = 1.0
+_LEASE_CHECK_INTERVAL_S = 5.0
+_STANDBY_RETRY_S = 5.0
+_JOURNAL_RETRY_S = 2.0
 
 
 @dataclass(slots=True)
@@ -31,6 +35,8 @@ class SinkStatus:
     """What ``/status`` and ``/readyz`` report for one sink."""
 
     name: str
+    role: str = "starting"
+    """``active`` while this process delivers to the sink, ``standby`` while another one does."""
     cursor: int = 0
     healthy: bool = True
     failing_since: float | None = None
@@ -55,14 +61,13 @@ class DeliveryLoop:
         sink: Sink,
         journal: Journal,
         *,
-        cursor: int,
         max_attempts: int,
         poll_interval_s: float = 0.5,
         backoff_cap_s: float = 30.0,
     ) -> None:
         self.sink = sink
         self.journal = journal
-        self.status = SinkStatus(name=sink.name, cursor=cursor)
+        self.status = SinkStatus(name=sink.name)
         self._max_attempts = max_attempts
         self._poll_interval = poll_interval_s
         self._backoff_cap = backoff_cap_s
@@ -70,6 +75,8 @@ class DeliveryLoop:
         self._stopping = asyncio.Event()
         self._last_failure_log = 0.0
         self._next_replay_check = 0.0
+        self._lease: Lease | None = None
+        self._next_lease_check = 0.0
         metrics.SINK_HEALTHY.labels(sink.name).set(1)
 
     def stop(self) -> None:
@@ -78,26 +85,66 @@ class DeliveryLoop:
         self._wake.set()
 
     async def run(self) -> None:
-        name = self.sink.name
-        while True:
-            self._wake.clear()
-            try:
-                await self._replay_requested()
-                entries = await asyncio.to_thread(
-                    self.journal.read_after, self.status.cursor, self.sink.max_batch
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    if not await self._hold_lease():
+                        if await self._wait(self._stopping, _STANDBY_RETRY_S):
+                            return
+                        continue
+                    await self._replay_requested()
+                    entries = await asyncio.to_thread(
+                        self.journal.read_after, self.status.cursor, self.sink.max_batch
+                    )
+                    if not entries:
+                        if self._stopping.is_set():
+                            return
+                        await self._wait(self._wake, self._poll_interval)
+                        continue
+                    wanted = [entry for entry in entries if self.sink.events.matches(entry.event_type)]
+                    if wanted:
+                        await self._deliver(wanted)
+                    await self.journal.set_cursor(self.sink.name, entries[-1].seq)
+                    self.status.cursor = entries[-1].seq
+                except JournalUnavailable as exc:
+                    # The records stay where they are; pick up from the same cursor once it answers.
+                    self._failed("journal", str(exc), (), unhealthy=False)
+                    await self._pause(_JOURNAL_RETRY_S)
+        except _Stopped:
+            return
+        finally:
+            if self._lease is not None:
+                self._lease.release()
+
+    async def _hold_lease(self) -> bool:
+        """Whether this process delivers to the sink; another replica may hold its lease.
+
+        Taking the lease (again) reloads the cursor, which the previous holder advanced.
+        """
+        now = time.monotonic()
+        if self._lease is not None:
+            if now < self._next_lease_check:
+                return True
+            self._next_lease_check = now + _LEASE_CHECK_INTERVAL_S
+            if await asyncio.to_thread(self._lease.alive):
+                return True
+            self._lease = None
+            logger.warning("lost the delivery lease; standing by", extra={"sink": self.sink.name})
+        lease = await asyncio.to_thread(self.journal.claim, self.sink.name)
+        if lease is None:
+            if self.status.role != "standby":
+                logger.info(
+                    "another process delivers to this sink; standing by", extra={"sink": self.sink.name}
                 )
-                if not entries:
-                    if self._stopping.is_set():
-                        return
-                    await self._wait(self._wake, self._poll_interval)
-                    continue
-                wanted = [entry for entry in entries if self.sink.events.matches(entry.event_type)]
-                if wanted:
-                    await self._deliver(wanted)
-                await self.journal.set_cursor(name, entries[-1].seq)
-                self.status.cursor = entries[-1].seq
-            except _Stopped:
-                return
+            self.status.role = "standby"
+            return False
+        self._lease = lease
+        self._next_lease_check = now + _LEASE_CHECK_INTERVAL_S
+        cursors = await asyncio.to_thread(self.journal.cursors)
+        self.status.cursor = cursors.get(self.sink.name, 0)
+        self.status.role = "active"
+        return True
 
     async def _deliver(self, entries: Sequence[Entry]) -> None:
         records = [orjson.loads(entry.record) for entry in entries]

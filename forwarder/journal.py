@@ -1,12 +1,13 @@
 """The durable journal: every accepted event, per-sink cursors and the dead-letter table.
 
-SQLite in WAL mode. All writes go through one writer thread that takes whatever is queued
-and commits it in a single transaction (group commit): under load many webhook requests
-share one fsync, while each request still waits for the commit that holds its event.
-Reads use one connection per thread and never block the writer (WAL).
+All writes go through one writer thread that takes whatever is queued and commits it in a
+single transaction (group commit): under load many webhook requests share one fsync, while
+each request still waits for the commit that holds its event. Reads use one connection per
+thread. The SQL is written once; ``forwarder.engines`` supplies SQLite (embedded default,
+WAL) or PostgreSQL (several replicas on one journal).
 
-The public surface is deliberately small (append, cursors, dead letters, state, reads) so
-that another engine can stand behind it without touching sources, normalization or sinks.
+The public surface is deliberately small (append, cursors, dead letters, state, leases,
+reads), so sources, normalization and sinks never see which engine is behind it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from forwarder.engines import Engine, Lease, SQLiteEngine
+
 logger = logging.getLogger("forwarder.journal")
 
 
 class JournalUnavailable(Exception):
-    """The journal cannot take the write now; the caller answers 503 with Retry-After."""
+    """The journal cannot take the write (or answer the read) now; webhooks get 503 + Retry-After."""
 
     retry_after_s = 5
 
@@ -75,106 +77,53 @@ class Stats:
     head: int
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL UNIQUE,
-    event_type TEXT NOT NULL,
-    created_at REAL,
-    received_at REAL NOT NULL,
-    record BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_received_at ON events (received_at);
-CREATE TABLE IF NOT EXISTS cursors (
-    sink TEXT PRIMARY KEY,
-    seq INTEGER NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    sink TEXT NOT NULL,
-    event_id TEXT NOT NULL,
-    event_type TEXT NOT NULL,
-    record BLOB NOT NULL,
-    reason TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    failed_at REAL NOT NULL,
-    state TEXT NOT NULL DEFAULT 'dead',
-    UNIQUE (sink, event_id)
-);
-CREATE TABLE IF NOT EXISTS state (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL,
-    updated_at REAL NOT NULL
-);
-"""
+class _Tx:
+    """One write transaction, shared by every operation of a group commit."""
 
-_STOP = object()
+    __slots__ = ("_conn", "_sql", "backlog")
+
+    def __init__(self, conn: Any, sql: Callable[[str], str]) -> None:
+        self._conn = conn
+        self._sql = sql
+        self.backlog: int | None = None
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        return self._conn.execute(self._sql(statement), params)
+
+    def executemany(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
+        cursor = self._conn.cursor()
+        cursor.executemany(self._sql(statement), list(rows))
+        cursor.close()
 
 
 @dataclass(slots=True)
 class _Op:
-    fn: Callable[[sqlite3.Connection], Any]
+    fn: Callable[[_Tx], Any]
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
 
 
-def sqlite_path(url: str) -> Path:
-    """``sqlite:///relative/path`` or ``sqlite:////absolute/path`` to a filesystem path."""
-    prefix = "sqlite:///"
-    if not url.startswith(prefix):
-        raise ValueError(f"not a sqlite URL: {url!r}")
-    return Path(url[len(prefix) :])
+_STOP = object()
 
 
 class Journal:
-    def __init__(
-        self,
-        path: Path,
-        *,
-        synchronous: str = "full",
-        max_bytes: int = 0,
-        backlog_limit: int = 1_000_000,
-    ) -> None:
-        self.path = path
-        self._synchronous = synchronous.upper()
-        self._max_bytes = max_bytes
+    def __init__(self, engine: Engine | Path, *, backlog_limit: int = 1_000_000) -> None:
+        self.engine: Engine = SQLiteEngine(engine) if isinstance(engine, Path) else engine
+        self.location = self.engine.location
         self._backlog_limit = backlog_limit
         self._local = threading.local()
         self._ops: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._sinks: dict[str, int] = {}
+        self._sinks: list[str] = []
         self._subscribers: list[asyncio.Event] = []
         self.last_error: str | None = None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer_conn = self._connect(writer=True)
-        self._writer_conn.executescript(_SCHEMA)
+        self._writer_conn: Any = self.engine.connect(writer=True)
+        self.engine.create_schema(self._writer_conn)
         self._writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
         self._writer.start()
 
-    # -- connections ---------------------------------------------------------------------
-
-    def _connect(self, *, writer: bool) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        conn.execute("PRAGMA busy_timeout=10000")
-        if writer and self._max_bytes:
-            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-            conn.execute(f"PRAGMA max_page_count={max(self._max_bytes // page_size, 1)}")
-        if not writer:
-            conn.execute("PRAGMA query_only=1")
-        return conn
-
-    def _reader(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect(writer=False)
-            self._local.conn = conn
-        return conn
-
     # -- the writer thread ---------------------------------------------------------------
 
-    async def _submit(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    async def _submit(self, fn: Callable[[_Tx], Any]) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._ops.put(_Op(fn, future, loop))
@@ -184,7 +133,7 @@ class Journal:
         while True:
             first = self._ops.get()
             if first is _STOP:
-                return
+                break
             batch: list[_Op] = [first]
             stop_after = False
             while True:
@@ -198,24 +147,32 @@ class Journal:
                 batch.append(op)
             self._commit(batch)
             if stop_after:
-                return
+                break
+        if self._writer_conn is not None:
+            self._writer_conn.close()
 
     def _commit(self, batch: list[_Op]) -> None:
-        conn = self._writer_conn
         outcomes: list[tuple[_Op, Any, BaseException | None]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            if self._writer_conn is None:
+                self._writer_conn = self.engine.connect(writer=True)
+            conn = self._writer_conn
+            conn.execute(self.engine.begin)
+            self.engine.serialize_writers(conn)
+            tx = _Tx(conn, self.engine.sql)
             for op in batch:
                 try:
-                    outcomes.append((op, op.fn(conn), None))
+                    outcomes.append((op, op.fn(tx), None))
                 except BacklogFull as exc:
                     outcomes.append((op, None, exc))
             conn.execute("COMMIT")
             self.last_error = None
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            logger.error("journal write failed", extra={"error": str(exc), "operations": len(batch)})
+        except self.engine.errors as exc:
+            self._abandon_transaction()
+            logger.error(
+                "journal write failed",
+                extra={"error": str(exc), "operations": len(batch), "journal": self.location},
+            )
             self.last_error = str(exc)
             failure = JournalUnavailable(f"journal write failed: {exc}")
             outcomes = [(op, None, failure) for op in batch]
@@ -226,6 +183,17 @@ class Journal:
             # A loop that closed while we committed has nobody waiting any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._settle, settled)
+
+    def _abandon_transaction(self) -> None:
+        """Roll back; a connection that cannot even do that is dropped and reopened next time."""
+        if self._writer_conn is None:
+            return
+        try:
+            self._writer_conn.execute("ROLLBACK")
+        except self.engine.errors:
+            with contextlib.suppress(Exception):
+                self._writer_conn.close()
+            self._writer_conn = None
 
     def _settle(self, outcomes: list[tuple[_Op, Any, BaseException | None]]) -> None:
         for op, result, exc in outcomes:
@@ -242,7 +210,6 @@ class Journal:
         """Finish queued writes, then stop the writer thread."""
         self._ops.put(_STOP)
         await asyncio.to_thread(self._writer.join)
-        self._writer_conn.close()
 
     # -- writes --------------------------------------------------------------------------
 
@@ -254,68 +221,71 @@ class Journal:
         ``state`` (key -> value) is written in the same transaction, so a source's cursor
         can never run ahead of, or behind, the events it stands for.
         """
-        return await self._submit(lambda conn: self._append(conn, records, state))
+        return await self._submit(lambda tx: self._append(tx, records, state))
 
-    def _append(
-        self, conn: sqlite3.Connection, records: Sequence[NewRecord], state: Mapping[str, str] | None
-    ) -> list[bool]:
+    def _append(self, tx: _Tx, records: Sequence[NewRecord], state: Mapping[str, str] | None) -> list[bool]:
         if self._sinks:
-            slowest = min(self._sinks.values())
-            backlog = conn.execute("SELECT COUNT(*) FROM events WHERE seq > ?", (slowest,)).fetchone()[0]
-            if backlog + len(records) > self._backlog_limit:
-                raise BacklogFull(f"{backlog} records wait for delivery (limit {self._backlog_limit})")
+            if tx.backlog is None:
+                tx.backlog = self._backlog(tx)
+            if tx.backlog + len(records) > self._backlog_limit:
+                raise BacklogFull(f"{tx.backlog} records wait for delivery (limit {self._backlog_limit})")
+            tx.backlog += len(records)
         now = time.time()
         fresh: list[bool] = []
         for rec in records:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO events (event_id, event_type, created_at, received_at, record)"
-                " VALUES (?, ?, ?, ?, ?)",
+            cursor = tx.execute(
+                "INSERT INTO events (event_id, event_type, created_at, received_at, record)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
                 (rec.event_id, rec.event_type, rec.created_at, now, rec.record),
             )
-            fresh.append(cur.rowcount == 1)
+            fresh.append(cursor.rowcount == 1)
         if state:
-            conn.executemany(
+            tx.executemany(
                 "INSERT INTO state (key, value, updated_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
                 [(key, value, now) for key, value in state.items()],
             )
         return fresh
 
-    async def register_sinks(self, names: Iterable[str]) -> dict[str, int]:
-        """Create cursors for new sinks (at the start of what the journal holds) and return all cursors.
+    def _backlog(self, tx: _Tx) -> int:
+        """Sequence numbers between the slowest registered sink and the head.
+
+        Sequence arithmetic instead of a row count keeps this O(1) however deep the backlog;
+        ids consumed by duplicates make it over-count slightly, on the safe side.
+        """
+        (head,) = tx.execute("SELECT MAX(seq) FROM events").fetchone()
+        (slowest,) = tx.execute(
+            f"SELECT MIN(seq) FROM cursors WHERE sink IN ({', '.join('?' * len(self._sinks))})", self._sinks
+        ).fetchone()
+        return max((head or 0) - (slowest or 0), 0)
+
+    async def register_sinks(self, names: Iterable[str]) -> None:
+        """Create cursors for new sinks, at the start of what the journal holds.
 
         Only registered sinks count for the backlog limit and retention, so a sink that was
         removed from the configuration does not hold the journal back forever.
         """
         names = list(names)
-
-        def register(conn: sqlite3.Connection) -> dict[str, int]:
-            now = time.time()
-            conn.executemany(
-                "INSERT OR IGNORE INTO cursors (sink, seq, updated_at) VALUES (?, 0, ?)",
-                [(name, now) for name in names],
+        await self._submit(
+            lambda tx: tx.executemany(
+                "INSERT INTO cursors (sink, seq, updated_at) VALUES (?, 0, ?) ON CONFLICT (sink) DO NOTHING",
+                [(name, time.time()) for name in names],
             )
-            cursors = dict(conn.execute("SELECT sink, seq FROM cursors").fetchall())
-            self._sinks = {name: cursors[name] for name in names}
-            return dict(self._sinks)
-
-        return await self._submit(register)
+        )
+        self._sinks = names
 
     async def set_cursor(self, sink: str, seq: int) -> None:
-        def update(conn: sqlite3.Connection) -> None:
-            conn.execute(
+        await self._submit(
+            lambda tx: tx.execute(
                 "UPDATE cursors SET seq = ?, updated_at = ? WHERE sink = ?", (seq, time.time(), sink)
             )
-            if sink in self._sinks:
-                self._sinks[sink] = seq
-
-        await self._submit(update)
+        )
 
     async def dead_letter(self, sink: str, entries: Sequence[Entry], reason: str, attempts: int) -> None:
         """Keep a copy of each record with the reason; a later replay re-sends it to ``sink``."""
         now = time.time()
         await self._submit(
-            lambda conn: conn.executemany(
+            lambda tx: tx.executemany(
                 "INSERT INTO dead_letters"
                 " (sink, event_id, event_type, record, reason, attempts, failed_at, state)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, 'dead') ON CONFLICT (sink, event_id) DO UPDATE SET"
@@ -327,33 +297,29 @@ class Journal:
 
     async def request_replay(self, *, sink: str | None = None, event_id: str | None = None) -> int:
         """Mark dead letters for replay; the running service's delivery loop re-sends them."""
-        clauses, params = ["state = 'dead'"], []
-        if sink:
-            clauses.append("sink = ?")
-            params.append(sink)
-        if event_id:
-            clauses.append("event_id = ?")
-            params.append(event_id)
-        sql = f"UPDATE dead_letters SET state = 'replay' WHERE {' AND '.join(clauses)}"
-        return await self._submit(lambda conn: conn.execute(sql, params).rowcount)
+        where, params = _filters(state="dead", sink=sink, event_id=event_id)
+        return await self._submit(
+            lambda tx: tx.execute(f"UPDATE dead_letters SET state = 'replay' WHERE {where}", params).rowcount
+        )
 
     async def finish_replay(self, ids: Sequence[int]) -> None:
         """Forget dead letters that a replay delivered."""
         await self._submit(
-            lambda conn: conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in ids])
+            lambda tx: tx.executemany("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in ids])
         )
 
     async def prune(self, older_than_s: float, *, batch: int = 10_000) -> int:
         """Delete records every registered sink has delivered and that are older than the retention."""
         if not self._sinks:
             return 0
-        low = min(self._sinks.values())
+        cursors = await asyncio.to_thread(self.cursors)
+        low = min(cursors.get(name, 0) for name in self._sinks)
         cutoff = time.time() - older_than_s
         removed = 0
         while True:
             count = await self._submit(
-                lambda conn: (
-                    conn.execute(
+                lambda tx: (
+                    tx.execute(
                         "DELETE FROM events WHERE seq IN"
                         " (SELECT seq FROM events WHERE seq <= ? AND received_at < ? ORDER BY seq LIMIT ?)",
                         (low, cutoff, batch),
@@ -364,16 +330,56 @@ class Journal:
             if count < batch:
                 return removed
 
+    async def probe(self) -> None:
+        """A real write the size of a few events, rolled back: raises JournalUnavailable if it fails.
+
+        Readiness uses it after a failed write, to notice when the store takes writes again.
+        """
+
+        def write_and_undo(tx: _Tx) -> None:
+            tx.execute("SAVEPOINT probe")
+            try:
+                tx.execute(
+                    "INSERT INTO state (key, value, updated_at) VALUES ('probe', ?, 0)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    ("x" * 8192,),
+                )
+            finally:
+                tx.execute("ROLLBACK TO SAVEPOINT probe")
+                tx.execute("RELEASE SAVEPOINT probe")
+
+        await self._submit(write_and_undo)
+
     def subscribe(self) -> asyncio.Event:
         """An event set after every commit made by this process (other processes: poll)."""
         event = asyncio.Event()
         self._subscribers.append(event)
         return event
 
+    def claim(self, sink: str) -> Lease | None:
+        """The delivery lease for ``sink``: exactly one process delivers to it at a time."""
+        try:
+            return self.engine.claim(sink)
+        except self.engine.errors as exc:
+            raise JournalUnavailable(f"cannot take the lease of sink {sink!r}: {exc}") from exc
+
     # -- reads (blocking; call through asyncio.to_thread from async code) ---------------
 
+    def _read(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+        conn = getattr(self._local, "conn", None)
+        try:
+            if conn is None:
+                conn = self._local.conn = self.engine.connect(writer=False)
+            return conn.execute(self.engine.sql(statement), params).fetchall()
+        except self.engine.errors as exc:
+            # Drop the connection: the next read reconnects (a restarted server, a broken socket).
+            self._local.conn = None
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise JournalUnavailable(f"journal read failed: {exc}") from exc
+
     def read_after(self, seq: int, limit: int) -> list[Entry]:
-        rows = self._reader().execute(
+        rows = self._read(
             "SELECT seq, event_id, event_type, received_at, record FROM events"
             " WHERE seq > ? ORDER BY seq LIMIT ?",
             (seq, limit),
@@ -381,81 +387,54 @@ class Journal:
         return [Entry(*row) for row in rows]
 
     def cursors(self) -> dict[str, int]:
-        return dict(self._reader().execute("SELECT sink, seq FROM cursors").fetchall())
+        return dict(self._read("SELECT sink, seq FROM cursors"))
 
     def oldest_after(self, seq: int) -> float | None:
         """When the oldest record after ``seq`` was received, for lag in seconds."""
-        row = self._reader().execute(
-            "SELECT received_at FROM events WHERE seq > ? ORDER BY seq LIMIT 1", (seq,)
-        )
-        found = row.fetchone()
-        return found[0] if found else None
+        rows = self._read("SELECT received_at FROM events WHERE seq > ? ORDER BY seq LIMIT 1", (seq,))
+        return rows[0][0] if rows else None
 
     def dead_letters(
         self, *, sink: str | None = None, state: str | None = None, limit: int = 1000
     ) -> list[DeadLetter]:
-        clauses, params = ["1 = 1"], []
-        if sink:
-            clauses.append("sink = ?")
-            params.append(sink)
-        if state:
-            clauses.append("state = ?")
-            params.append(state)
-        rows = self._reader().execute(
+        where, params = _filters(state=state, sink=sink)
+        rows = self._read(
             "SELECT id, sink, event_id, event_type, reason, attempts, failed_at, state, record"
-            f" FROM dead_letters WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?",
+            f" FROM dead_letters WHERE {where} ORDER BY id LIMIT ?",
             [*params, limit],
         )
         return [DeadLetter(*row) for row in rows]
 
     def dead_letter_counts(self) -> dict[str, int]:
-        rows = self._reader().execute("SELECT sink, COUNT(*) FROM dead_letters GROUP BY sink")
-        return dict(rows.fetchall())
+        return dict(self._read("SELECT sink, COUNT(*) FROM dead_letters GROUP BY sink"))
 
     def get_state(self, key: str) -> str | None:
-        row = self._reader().execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+        rows = self._read("SELECT value FROM state WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
 
     def pending(self, cursor: int) -> int:
         """Records after ``cursor``: a sink's lag in events."""
-        return self._reader().execute("SELECT COUNT(*) FROM events WHERE seq > ?", (cursor,)).fetchone()[0]
+        return self._read("SELECT COUNT(*) FROM events WHERE seq > ?", (cursor,))[0][0]
 
     def stats(self) -> Stats:
-        conn = self._reader()
-        count, head = conn.execute("SELECT COUNT(*), MAX(seq) FROM events").fetchone()
-        pages = (
-            conn.execute("PRAGMA page_count").fetchone()[0] * conn.execute("PRAGMA page_size").fetchone()[0]
-        )
-        wal = self.path.with_name(self.path.name + "-wal")
-        size = pages + (wal.stat().st_size if wal.exists() else 0)
-        return Stats(events=count, bytes=size, head=head or 0)
+        ((count, head),) = self._read("SELECT COUNT(*), MAX(seq) FROM events")
+        conn = self._local.conn
+        return Stats(events=count, bytes=self.engine.size_bytes(conn), head=head or 0)
 
     def backlog(self) -> int:
         """Records the slowest registered sink has not delivered yet."""
         if not self._sinks:
             return 0
-        return self.pending(min(self._sinks.values()))
+        cursors = self.cursors()
+        return self.pending(min(cursors.get(name, 0) for name in self._sinks))
 
     @property
     def backlog_limit(self) -> int:
         return self._backlog_limit
 
-    async def probe(self) -> None:
-        """A real write the size of a few events, rolled back: raises JournalUnavailable if it fails.
 
-        Readiness uses it after a failed write, to notice when the disk has room again.
-        """
-
-        def write_and_undo(conn: sqlite3.Connection) -> None:
-            conn.execute("SAVEPOINT probe")
-            try:
-                conn.execute(
-                    "INSERT INTO state (key, value, updated_at) VALUES ('probe', ?, 0)"
-                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    ("x" * 8192,),
-                )
-            finally:
-                conn.execute("ROLLBACK TO probe")
-                conn.execute("RELEASE probe")
-
-        await self._submit(write_and_undo)
+def _filters(**equal: str | None) -> tuple[str, list[str]]:
+    """A WHERE clause (and its parameters) for the columns whose value is given."""
+    given = {column: value for column, value in equal.items() if value}
+    where = " AND ".join(f"{column} = ?" for column in given) or "1 = 1"
+    return where, list(given.values())

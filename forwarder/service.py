@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import asdict
@@ -26,7 +25,8 @@ from starlette.routing import Route
 from forwarder import metrics
 from forwarder.config import ConfigError, Settings, switch
 from forwarder.delivery import DeliveryLoop
-from forwarder.journal import Journal, JournalUnavailable, sqlite_path
+from forwarder.engines import SQLiteEngine, engine_for
+from forwarder.journal import Journal, JournalUnavailable
 from forwarder.signature import Verifier
 from forwarder.sources import load_sources
 from forwarder.sources.webhook import WebhookEndpoint
@@ -40,23 +40,23 @@ _PRUNE_INTERVAL_S = 60.0
 
 
 def open_journal(settings: Settings) -> Journal:
-    if not settings.journal_url.startswith("sqlite:///"):
-        raise ConfigError(
-            "FORWARDER_JOURNAL_URL",
-            f"unsupported journal {settings.journal_url.split(':', 1)[0]!r}; use sqlite:///path/to/journal.sqlite3",
-        )
-    path = sqlite_path(settings.journal_url)
     try:
-        return Journal(
-            path,
+        engine = engine_for(
+            settings.journal_url,
             synchronous=settings.sqlite_synchronous,
             max_bytes=settings.journal_max_bytes,
-            backlog_limit=settings.backlog_limit,
         )
-    except (OSError, sqlite3.Error) as exc:
+    except ValueError as exc:
         raise ConfigError(
-            "FORWARDER_DATA_DIR",
-            f"cannot open the journal at {path} ({exc}); check the folder exists and is writable",
+            "FORWARDER_JOURNAL_URL",
+            f"{exc}; use sqlite:///path/to/journal.sqlite3 or postgresql://user@host:5432/database",
+        ) from exc
+    try:
+        return Journal(engine, backlog_limit=settings.backlog_limit)
+    except (OSError, *engine.errors) as exc:
+        variable = "FORWARDER_DATA_DIR" if isinstance(engine, SQLiteEngine) else "FORWARDER_JOURNAL_URL"
+        raise ConfigError(
+            variable, f"cannot open the journal at {engine.location} ({exc}); check it exists and is writable"
         ) from exc
 
 
@@ -74,11 +74,9 @@ class Forwarder:
         self._source_tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        cursors = await self.journal.register_sinks(sink.name for sink in self.sinks)
+        await self.journal.register_sinks(sink.name for sink in self.sinks)
         for sink in self.sinks:
-            loop = DeliveryLoop(
-                sink, self.journal, cursor=cursors[sink.name], max_attempts=self.settings.max_attempts
-            )
+            loop = DeliveryLoop(sink, self.journal, max_attempts=self.settings.max_attempts)
             self.loops.append(loop)
             self._tasks.append(asyncio.create_task(loop.run(), name=f"deliver-{sink.name}"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
@@ -89,7 +87,7 @@ class Forwarder:
             extra={
                 "sinks": [sink.name for sink in self.sinks],
                 "sources": ["webhook", *(source.name for source in self.sources)],
-                "journal": str(self.journal.path),
+                "journal": self.journal.location,
             },
         )
 
@@ -162,7 +160,7 @@ class Forwarder:
             }
         return {
             "journal": {
-                "path": str(self.journal.path),
+                "location": self.journal.location,
                 "events": stats.events,
                 "bytes": stats.bytes,
                 "head": stats.head,

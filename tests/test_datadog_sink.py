@@ -397,10 +397,8 @@ class Pipeline:
 @pytest.fixture
 async def pipeline(tmp_path: Path, sink: datadog.DatadogSink) -> AsyncIterator[Pipeline]:
     journal = Journal(tmp_path / "journal.sqlite3")
-    cursors = await journal.register_sinks([sink.name])
-    loop = DeliveryLoop(
-        sink, journal, cursor=cursors[sink.name], max_attempts=3, poll_interval_s=0.05, backoff_cap_s=0.5
-    )
+    await journal.register_sinks([sink.name])
+    loop = DeliveryLoop(sink, journal, max_attempts=3, poll_interval_s=0.05, backoff_cap_s=0.5)
     task = asyncio.create_task(loop.run())
     yield Pipeline(journal, loop, task)
     loop.stop()

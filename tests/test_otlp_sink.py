@@ -287,10 +287,8 @@ async def test_delivery_loop_holds_the_cursor_while_the_collector_is_down(
     tmp_path: Path, receiver: OtlpReceiver, sink: otlp.OtlpSink
 ) -> None:
     journal = Journal(tmp_path / "journal.sqlite3")
-    cursors = await journal.register_sinks([sink.name])
-    loop = DeliveryLoop(
-        sink, journal, cursor=cursors[sink.name], max_attempts=3, poll_interval_s=0.05, backoff_cap_s=0.5
-    )
+    await journal.register_sinks([sink.name])
+    loop = DeliveryLoop(sink, journal, max_attempts=3, poll_interval_s=0.05, backoff_cap_s=0.5)
     task = asyncio.create_task(loop.run())
     receiver.stop()
     batch = [record() for _ in range(1200)]

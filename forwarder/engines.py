@@ -1,0 +1,239 @@
+"""The SQL engines the journal runs on: embedded SQLite, or PostgreSQL for several replicas.
+
+The journal writes its statements once, with ``?`` placeholders and the ``ON CONFLICT``
+syntax both engines share. An engine supplies what really differs: how to connect, the
+schema's types, how a write transaction starts, how big the store is, and a *lease*: the
+lock that lets exactly one process deliver to a given sink while others stand by.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import sqlite3
+from pathlib import Path
+from typing import Any, Protocol
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS events (
+    seq {serial} PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    event_type TEXT NOT NULL,
+    created_at {real},
+    received_at {real} NOT NULL,
+    record {blob} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_received_at ON events (received_at);
+CREATE TABLE IF NOT EXISTS cursors (
+    sink TEXT PRIMARY KEY,
+    seq BIGINT NOT NULL,
+    updated_at {real} NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id {serial} PRIMARY KEY,
+    sink TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    record {blob} NOT NULL,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    failed_at {real} NOT NULL,
+    state TEXT NOT NULL DEFAULT 'dead',
+    UNIQUE (sink, event_id)
+);
+CREATE TABLE IF NOT EXISTS state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated_at {real} NOT NULL
+);
+"""
+
+
+class Lease(Protocol):
+    """Held while this process is the one delivering to a sink."""
+
+    def alive(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class Engine(Protocol):
+    location: str
+    """Where the journal lives, for logs and ``/status`` (never with a password)."""
+    errors: tuple[type[Exception], ...]
+    """Exceptions that mean "the store failed", turned into 503s and retries."""
+    begin: str
+
+    def connect(self, *, writer: bool) -> Any: ...
+
+    def create_schema(self, conn: Any) -> None: ...
+
+    def sql(self, statement: str) -> str:
+        """The statement with this engine's placeholders."""
+        ...
+
+    def serialize_writers(self, conn: Any) -> None:
+        """Make concurrent writers (other processes) commit in sequence order."""
+        ...
+
+    def size_bytes(self, conn: Any) -> int: ...
+
+    def claim(self, sink: str) -> Lease | None:
+        """Take the delivery lease for ``sink``, or None when another process holds it."""
+        ...
+
+
+class _FileLease:
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def alive(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        os.close(self._fd)
+
+
+class SQLiteEngine:
+    """One file in WAL mode; readers never block the writer, other processes may write too."""
+
+    errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+    begin = "BEGIN IMMEDIATE"
+
+    def __init__(self, path: Path, *, synchronous: str = "full", max_bytes: int = 0) -> None:
+        self.path = path
+        self.location = str(path)
+        self._synchronous = synchronous.upper()
+        self._max_bytes = max_bytes
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def connect(self, *, writer: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA busy_timeout=10000")
+        if writer and self._max_bytes:
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count={max(self._max_bytes // page_size, 1)}")
+        if not writer:
+            conn.execute("PRAGMA query_only=1")
+        return conn
+
+    def create_schema(self, conn: sqlite3.Connection) -> None:
+        conn.executescript(_TABLES.format(serial="INTEGER", real="REAL", blob="BLOB"))
+
+    def sql(self, statement: str) -> str:
+        return statement
+
+    def serialize_writers(self, conn: sqlite3.Connection) -> None:
+        return None  # BEGIN IMMEDIATE already takes the database's single write lock
+
+    def size_bytes(self, conn: sqlite3.Connection) -> int:
+        pages = (
+            conn.execute("PRAGMA page_count").fetchone()[0] * conn.execute("PRAGMA page_size").fetchone()[0]
+        )
+        wal = self.path.with_name(self.path.name + "-wal")
+        return pages + (wal.stat().st_size if wal.exists() else 0)
+
+    def claim(self, sink: str) -> Lease | None:
+        fd = os.open(self.path.with_name(f"{self.path.name}.{sink}.lease"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return _FileLease(fd)
+
+
+class _SessionLease:
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def alive(self) -> bool:
+        try:
+            self._conn.execute("SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    def release(self) -> None:
+        self._conn.close()
+
+
+_PASSWORD = re.compile(r"(://[^:/@]+):[^@]*@")
+# Advisory lock keys are per database and schema, so journals side by side do not contend.
+_LOCK_KEY = "hashtext(current_database() || '/' || current_schema() || '/' || %s)"
+
+
+class PostgresEngine:
+    """PostgreSQL for several replicas sharing one journal.
+
+    Sequence numbers are handed out at insert time, so two transactions could commit out
+    of order and a delivery cursor would skip the later-committing lower number. Every
+    write transaction therefore takes one transaction-scoped advisory lock first: commits
+    happen in sequence order, as with SQLite's single writer, and group commit keeps the
+    cost at one lock per batch. Each sink is delivered by whichever replica holds its
+    session advisory lock; the others stand by and take over if that connection drops.
+    """
+
+    begin = "BEGIN"
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self._psycopg = psycopg
+        self.url = url
+        self.location = _PASSWORD.sub(r"\1:***@", url)
+        self.errors = (psycopg.Error,)
+        self._statements: dict[str, str] = {}
+
+    def connect(self, *, writer: bool) -> Any:
+        return self._psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+
+    def create_schema(self, conn: Any) -> None:
+        conn.execute("BEGIN")
+        self.serialize_writers(conn)
+        for statement in _TABLES.format(
+            serial="BIGINT GENERATED BY DEFAULT AS IDENTITY", real="DOUBLE PRECISION", blob="BYTEA"
+        ).split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("COMMIT")
+
+    def sql(self, statement: str) -> str:
+        translated = self._statements.get(statement)
+        if translated is None:
+            translated = self._statements[statement] = statement.replace("?", "%s")
+        return translated
+
+    def serialize_writers(self, conn: Any) -> None:
+        conn.execute(f"SELECT pg_advisory_xact_lock({_LOCK_KEY})", ("writer",))
+
+    def size_bytes(self, conn: Any) -> int:
+        row = conn.execute(
+            "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relname IN ('events', 'cursors', 'dead_letters', 'state')"
+            " AND n.nspname = current_schema()"
+        ).fetchone()
+        return int(row[0])
+
+    def claim(self, sink: str) -> Lease | None:
+        conn = self.connect(writer=False)
+        (taken,) = conn.execute(f"SELECT pg_try_advisory_lock({_LOCK_KEY})", (f"sink/{sink}",)).fetchone()
+        if not taken:
+            conn.close()
+            return None
+        return _SessionLease(conn)
+
+
+def engine_for(url: str, *, synchronous: str = "full", max_bytes: int = 0) -> Engine:
+    """``sqlite:///path`` or ``postgresql://...`` to an engine. Raises ValueError otherwise."""
+    if url.startswith("sqlite:///"):
+        return SQLiteEngine(
+            Path(url.removeprefix("sqlite:///")), synchronous=synchronous, max_bytes=max_bytes
+        )
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresEngine(url)
+    raise ValueError(f"unsupported journal URL scheme {url.split(':', 1)[0]!r}")
