@@ -15,6 +15,7 @@ import click
 
 from forwarder.backfill import backfill
 from forwarder.config import ConfigError, Settings, load_environment
+from forwarder.datadog_assets import datadog
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -132,6 +133,7 @@ def dlq_replay(sink: str | None, event_id: str | None) -> None:
 
 
 main.add_command(backfill)
+main.add_command(datadog)
 
 if __name__ == "__main__":
     main()
