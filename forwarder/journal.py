@@ -366,17 +366,30 @@ class Journal:
     # -- reads (blocking; call through asyncio.to_thread from async code) ---------------
 
     def _read(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Run a query on this thread's connection.
+
+        A connection that has gone stale (the server restarted, a proxy dropped it) is
+        replaced, and the query tried once more on a fresh one before the read fails.
+        """
+        sql = self.engine.sql(statement)
         conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            try:
+                return conn.execute(sql, params).fetchall()
+            except self.engine.errors:
+                self._drop_reader(conn)
         try:
-            if conn is None:
-                conn = self._local.conn = self.engine.connect(writer=False)
-            return conn.execute(self.engine.sql(statement), params).fetchall()
+            conn = self._local.conn = self.engine.connect(writer=False)
+            return conn.execute(sql, params).fetchall()
         except self.engine.errors as exc:
-            # Drop the connection: the next read reconnects (a restarted server, a broken socket).
-            self._local.conn = None
+            self._drop_reader(conn)
+            raise JournalUnavailable(f"journal read failed: {exc}") from exc
+
+    def _drop_reader(self, conn: Any) -> None:
+        self._local.conn = None
+        if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
-            raise JournalUnavailable(f"journal read failed: {exc}") from exc
 
     def read_after(self, seq: int, limit: int) -> list[Entry]:
         rows = self._read(

@@ -1,0 +1,118 @@
+"""The journal on a real PostgreSQL: one replica, two replicas sharing it, a dropped connection.
+
+Needs PostgreSQL at ``FORWARDER_TEST_POSTGRES`` (default postgresql://postgres@127.0.0.1:5432/test).
+Each test works in a schema of its own, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from collections.abc import Callable, Iterator
+from urllib.parse import quote
+
+import psycopg
+import pytest
+
+from tests.samples import make_event
+from tests.service import Service, wait_for
+
+StartService = Callable[..., Service]
+SERVER = os.environ.get("FORWARDER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    try:
+        admin = psycopg.connect(SERVER, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        reason = f"PostgreSQL is not reachable at {SERVER}: {exc}"
+        if os.environ.get("FORWARDER_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"FORWARDER_REQUIRE_SERVICES=1 but {reason}")
+        pytest.skip(f"SKIPPING POSTGRESQL TESTS: {reason}")
+    schema = f"forwarder_test_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{SERVER}?options={quote(f'-csearch_path={schema}')}"
+    finally:
+        with psycopg.connect(SERVER, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def _delivered(*services: Service) -> list[str]:
+    return [event_id for service in services for event_id in service.record_ids()]
+
+
+def test_service_on_postgres_acknowledges_dedupes_and_delivers(
+    start_service: StartService, pg_url: str
+) -> None:
+    service = start_service(FORWARDER_JOURNAL_URL=pg_url)
+    events = [make_event("authentication.oauth_failed") for _ in range(30)]
+
+    answers = [service.post(event).json()["status"] for event in events + events[:5]]
+
+    assert answers == ["accepted"] * 30 + ["duplicate"] * 5
+    wait_for(lambda: len(service.records()) == 30, what="30 records on the jsonl sink")
+    assert sorted(service.record_ids()) == sorted(event["id"] for event in events)
+    status = service.status()
+    assert status["journal"]["events"] == 30
+    assert "postgresql://" in status["journal"]["location"]
+    assert status["sinks"]["jsonl"]["role"] == "active"
+
+
+def test_two_replicas_share_the_journal_and_one_delivers_each_sink(
+    start_service: StartService, pg_url: str
+) -> None:
+    first = start_service(name="first", FORWARDER_JOURNAL_URL=pg_url)
+    second = start_service(name="second", FORWARDER_JOURNAL_URL=pg_url)
+    events = [make_event("user.created") for _ in range(40)]
+
+    for index, event in enumerate(events):
+        assert (first if index % 2 else second).post(event).json()["status"] == "accepted"
+    assert second.post(events[1]).json()["status"] == "duplicate"  # stored through the other replica
+
+    ids = sorted(event["id"] for event in events)
+    wait_for(lambda: sorted(_delivered(first, second)) == ids, what="each event delivered once in all")
+    roles = {first.status()["sinks"]["jsonl"]["role"], second.status()["sinks"]["jsonl"]["role"]}
+    assert roles == {"active", "standby"}
+
+    leader, standby = (
+        (first, second) if first.status()["sinks"]["jsonl"]["role"] == "active" else (second, first)
+    )
+    leader.stop(signal.SIGKILL)
+    later = [make_event("user.updated") for _ in range(10)]
+    for event in later:
+        assert standby.post(event).status_code == 200
+
+    wait_for(
+        lambda: {event["id"] for event in later} <= set(standby.record_ids()),
+        timeout=30,
+        what="the standby to take over delivery",
+    )
+    assert standby.status()["sinks"]["jsonl"]["role"] == "active"
+    assert set(_delivered(first, second)) == set(ids) | {event["id"] for event in later}
+
+
+def test_dropped_database_connection_gives_503_then_recovers(
+    start_service: StartService, pg_url: str
+) -> None:
+    service = start_service(FORWARDER_JOURNAL_URL=pg_url, JSONL_OUTPUT="off", PROMETHEUS_SINK="off")
+    assert service.post(make_event("session.created")).status_code == 200
+    with psycopg.connect(SERVER, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE pid <> pg_backend_pid() AND datname = current_database()"
+            " AND backend_type = 'client backend'"
+        ).fetchone()[0]
+    assert killed >= 1
+
+    answers = [service.post(make_event("session.created")) for _ in range(5)]
+
+    assert {response.status_code for response in answers} <= {200, 503}
+    refused = [response for response in answers if response.status_code == 503]
+    assert all(int(response.headers["retry-after"]) > 0 for response in refused)
+    assert answers[-1].status_code == 200, "the writer did not reconnect"
+    stored = service.status()["journal"]["events"]
+    assert stored == 1 + sum(response.status_code == 200 for response in answers)
