@@ -34,6 +34,7 @@ from prometheus_client import Counter
 
 from forwarder import metrics
 from forwarder.config import ConfigError, choice, integer
+from forwarder.normalize import event_time
 from sinks.base import EventFilter, PermanentError, Record, RetryableError
 
 logger = logging.getLogger(__name__)
@@ -255,8 +256,7 @@ def _chunks(prepared: list[_Prepared]) -> list[list[_Prepared]]:
 
 def _apply_backfill_policy(record: Record, now: float, policy: str) -> Record | None:
     """The record as it should be posted given its age; None when the policy drops it."""
-    created = _epoch(record.get("date"))
-    if created is None or now - created <= MAX_AGE_S - RESTAMP_MARGIN_S or policy == "keep":
+    if now - event_time(record) <= MAX_AGE_S - RESTAMP_MARGIN_S or policy == "keep":
         return record
     if policy == "drop":
         return None
@@ -269,18 +269,6 @@ def _apply_backfill_policy(record: Record, now: float, policy: str) -> Record | 
         "ddtags": f"{tags},backfill:true" if tags else "backfill:true",
         "workos": workos,
     }
-
-
-def _epoch(value: Any) -> float | None:
-    if isinstance(value, int | float):
-        return value / 1000.0
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 def _fit(record: Record) -> bytes:

@@ -18,7 +18,6 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -35,6 +34,7 @@ from opentelemetry.util.re import parse_env_headers
 
 from forwarder import metrics
 from forwarder.config import ConfigError
+from forwarder.normalize import event_time
 from sinks.base import EventFilter, PermanentError, Record, RetryableError
 
 logger = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ class OtlpSink:
         _flatten("workos", workos, attributes)
         return ReadableLogRecord(
             log_record=LogRecord(
-                timestamp=_nanos(record.get("date")),
+                timestamp=round(event_time(record) * 1000) * 1_000_000,
                 severity_number=severity,
                 severity_text=severity_text,
                 body=record.get("message"),
@@ -251,17 +251,6 @@ def _tag(ddtags: str, name: str) -> str:
         if key == name and value:
             return value
     return ""
-
-
-def _nanos(date: Any) -> int | None:
-    if not isinstance(date, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(date)
-    except ValueError:
-        return None
-    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    return round(parsed.timestamp() * 1000) * 1_000_000
 
 
 def _exporter_options(env: Mapping[str, str]) -> dict[str, Any]:
