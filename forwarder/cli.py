@@ -15,7 +15,7 @@ import click
 
 from forwarder.backfill import backfill
 from forwarder.config import ConfigError, Settings, load_environment
-from forwarder.datadog_assets import datadog
+from forwarder.datadog.cli import datadog
 
 F = TypeVar("F", bound=Callable[..., Any])
 

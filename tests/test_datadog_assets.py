@@ -24,20 +24,18 @@ from prometheus_client import Counter, Gauge, Histogram
 
 import sinks.prometheus  # noqa: F401  (registers workos_events_total on the shared registry)
 from forwarder import catalog
-from forwarder.datadog_assets import (
-    MANAGED_TAG,
+from forwarder.datadog.assets import MANAGED_TAG, Asset, load_assets
+from forwarder.datadog.cli import datadog
+from forwarder.datadog.queries import (
     OUR_LOGS,
-    Asset,
     dashboard_log_searches,
-    datadog,
-    load_assets,
     parse_monitor_query,
     referenced_facets,
     referenced_metrics,
     referenced_tag_keys,
     selects_our_logs,
-    validate,
 )
+from forwarder.datadog.validate import validate
 from forwarder.metrics import REGISTRY
 from forwarder.normalize import NormalizeOptions, normalize
 from tests.doubles.datadog_api import API_KEY, APP_KEY, DatadogApi

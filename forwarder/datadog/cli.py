@@ -1,0 +1,83 @@
+"""The ``workos-forwarder datadog`` command group: ``validate`` offline, ``apply`` against Datadog."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+from datadog_api_client import ApiClient
+
+from forwarder.datadog.apply import ApplyError, api_configuration, execute, plan
+from forwarder.datadog.assets import Problem, default_root
+from forwarder.datadog.validate import validate
+
+_ROOT_OPTION = click.option(
+    "--root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Directory holding monitors/ and dashboards/ [default: the current one, else the checkout].",
+)
+
+
+@click.group(name="datadog")
+def datadog() -> None:
+    """Datadog monitors, dashboards and log-based metrics kept as code (monitors/, dashboards/)."""
+
+
+@datadog.command(name="validate")
+@_ROOT_OPTION
+def validate_command(root: Path | None) -> None:
+    """Check every Datadog JSON file offline; exit 1 naming the file and field of each problem."""
+    assets, problems = validate(root or default_root())
+    _report(problems)
+    click.echo(f"{len(assets)} Datadog assets checked: all valid.")
+
+
+@datadog.command(name="apply")
+@_ROOT_OPTION
+@click.option("--dry-run", is_flag=True, help="Print what would change and change nothing.")
+def apply_command(root: Path | None, dry_run: bool) -> None:
+    """Create or update the monitors, dashboards and log-based metrics in Datadog.
+
+    Uses DD_API_KEY, DD_APP_KEY and DD_SITE (DD_API_URL overrides the API address). Objects
+    are matched by name among those marked managed-by:workos-forwarder; a second apply
+    changes nothing.
+    """
+    assets, problems = validate(root or default_root())
+    _report(problems)
+    try:
+        with ApiClient(api_configuration(os.environ)) as client:
+            changes = plan(client, assets)
+            for change in changes:
+                where = f" (id {change.remote_id})" if change.remote_id else ""
+                click.echo(f"{change.asset.kind} {change.asset.name!r}: {change.action}{where}")
+                if change.diff:
+                    click.echo(change.diff)
+            counts = {
+                action: sum(c.action == action for c in changes)
+                for action in ("create", "update", "unchanged")
+            }
+            summary = (
+                f"{counts['create']} to create, {counts['update']} to update, {counts['unchanged']} unchanged"
+            )
+            if dry_run:
+                click.echo(f"Dry run: {summary}; nothing was changed.")
+                return
+            execute(client, changes)
+    except ApplyError as exc:
+        click.echo(f"workos-forwarder datadog apply: {exc}", err=True)
+        sys.exit(1)
+    click.echo(
+        f"Applied: {counts['create']} created, {counts['update']} updated, {counts['unchanged']} unchanged."
+    )
+
+
+def _report(problems: list[Problem]) -> None:
+    if not problems:
+        return
+    for problem in problems:
+        click.echo(str(problem), err=True)
+    click.echo(f"{len(problems)} problem(s) in the Datadog assets.", err=True)
+    sys.exit(1)

@@ -1,0 +1,171 @@
+"""The rules a monitor, dashboard or log-based metric file must follow: ``datadog validate``.
+
+Each file must parse as its datadog-api-client model (see ``assets``), carry the marker apply
+finds it by, and query this forwarder's logs. Log queries are parsed, and a monitor's critical
+threshold must equal the number in its query (Datadog rejects the monitor otherwise, but only
+online).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from forwarder.datadog.assets import MANAGED_TAG, MODELS, Asset, Problem, check_model, load_assets
+from forwarder.datadog.queries import (
+    FACET,
+    METRIC_REFERENCE,
+    OUR_LOGS,
+    check_log_search,
+    dashboard_log_searches,
+    parse_monitor_query,
+    selects_our_logs,
+    unbalanced,
+    walk_metric_queries,
+)
+
+_NOT_OURS = f"must select this forwarder's logs with {' or '.join(OUR_LOGS)}, not only source:workos"
+
+
+def validate_assets(assets: list[Asset]) -> list[Problem]:
+    problems: list[Problem] = []
+    for asset in assets:
+        problems.extend(check_model(asset.document, MODELS[asset.kind], asset.path))
+        problems.extend(_CHECKS[asset.kind](asset))
+    seen: dict[tuple[str, str], Path] = {}
+    for asset in assets:
+        key = (asset.kind, asset.name)
+        if asset.name and key in seen:
+            problems.append(
+                Problem(asset.path, "", f"same {asset.kind} name as {seen[key]}: apply matches by name")
+            )
+        seen.setdefault(key, asset.path)
+    return problems
+
+
+def _check_monitor(asset: Asset) -> list[Problem]:
+    document, path = asset.document, asset.path
+    problems = _server_fields(asset)
+    for key in ("name", "type", "query", "message"):
+        if not isinstance(document.get(key), str) or not document[key].strip():
+            problems.append(Problem(path, key, "required, a non-empty string"))
+    tags = document.get("tags") or []
+    if MANAGED_TAG not in tags:
+        problems.append(
+            Problem(path, "tags", f"must include {MANAGED_TAG!r}: apply finds its monitors by it")
+        )
+    if not any(str(tag).startswith("service:") for tag in tags):
+        problems.append(Problem(path, "tags", "must include a service: tag (service:workos-events)"))
+    if document.get("priority") not in (1, 2, 3, 4, 5):
+        problems.append(Problem(path, "priority", "set a priority from 1 (highest) to 5"))
+    if problems:
+        return problems
+    parsed, query_problems = parse_monitor_query(document["type"], document["query"])
+    problems.extend(Problem(path, "query", problem) for problem in query_problems)
+    if parsed is None:
+        return problems
+    if parsed.search is not None and not selects_our_logs(parsed.search):
+        problems.append(Problem(path, "query", _NOT_OURS))
+    thresholds = (document.get("options") or {}).get("thresholds") or {}
+    critical = thresholds.get("critical")
+    if not isinstance(critical, int | float):
+        problems.append(Problem(path, "options.thresholds.critical", "required, the number in the query"))
+    elif float(critical) != parsed.threshold:
+        problems.append(
+            Problem(
+                path,
+                "options.thresholds.critical",
+                f"{critical} differs from the query's threshold {parsed.threshold:g}: they must be equal",
+            )
+        )
+    else:
+        problems.extend(_threshold_order(path, parsed.comparator, thresholds))
+    if parsed.anomaly and not (document.get("options") or {}).get("threshold_windows"):
+        problems.append(
+            Problem(path, "options.threshold_windows", "anomaly monitors need trigger and recovery windows")
+        )
+    group_variable = re.compile(r"(\{\{\s*\[?(@?[\w.-]+?)\]?\.name\s*\}\})")
+    for written, variable in group_variable.findall(document["message"]):
+        if variable not in parsed.group_by:
+            problems.append(
+                Problem(
+                    path, "message", f"{written} names no group of the query (grouped by: {parsed.group_by})"
+                )
+            )
+    return problems
+
+
+def _threshold_order(path: Path, comparator: str, thresholds: Mapping[str, Any]) -> list[Problem]:
+    """Warning fires before critical, recovery after: on the right side of critical for the comparator."""
+    critical = float(thresholds["critical"])
+    above = comparator in (">", ">=")
+    problems = []
+    for name, must_be_lower in (("warning", above), ("critical_recovery", above)):
+        value = thresholds.get(name)
+        if isinstance(value, int | float) and comparator not in ("==", "!="):
+            wrong = value >= critical if must_be_lower else value <= critical
+            if wrong:
+                side = "below" if must_be_lower else "above"
+                problems.append(
+                    Problem(
+                        path, f"options.thresholds.{name}", f"{value} must be {side} critical {critical:g}"
+                    )
+                )
+    return problems
+
+
+def _check_dashboard(asset: Asset) -> list[Problem]:
+    problems = _server_fields(asset)
+    if MANAGED_TAG not in str(asset.document.get("description") or ""):
+        problems.append(
+            Problem(
+                asset.path, "description", f"must contain {MANAGED_TAG!r}: apply finds its dashboards by it"
+            )
+        )
+    for location, search in dashboard_log_searches(asset.document):
+        problems.extend(Problem(asset.path, location, problem) for problem in check_log_search(search))
+        if not selects_our_logs(search):
+            problems.append(Problem(asset.path, location, _NOT_OURS))
+    for location, query in walk_metric_queries(asset.document, ""):
+        if unbalanced(query) or not METRIC_REFERENCE.search(query):
+            problems.append(
+                Problem(asset.path, location, "expected <aggregation>:<metric>{<scope>} [by {tags}]")
+            )
+    return problems
+
+
+def _check_log_metric(asset: Asset) -> list[Problem]:
+    data = asset.document.get("data") or {}
+    attributes = data.get("attributes") or {}
+    problems = []
+    if asset.path.stem != data.get("id"):
+        problems.append(Problem(asset.path, "data.id", f"must equal the file name ({asset.path.stem!r})"))
+    search = (attributes.get("filter") or {}).get("query", "")
+    problems.extend(Problem(asset.path, "data.attributes.filter.query", p) for p in check_log_search(search))
+    if not selects_our_logs(search):
+        problems.append(Problem(asset.path, "data.attributes.filter.query", _NOT_OURS))
+    for index, group in enumerate(attributes.get("group_by") or []):
+        if not FACET.fullmatch(str(group.get("path", ""))):
+            problems.append(
+                Problem(asset.path, f"data.attributes.group_by[{index}].path", "expected an @facet path")
+            )
+    return problems
+
+
+_CHECKS = {"monitor": _check_monitor, "dashboard": _check_dashboard, "log_metric": _check_log_metric}
+
+
+def _server_fields(asset: Asset) -> list[Problem]:
+    model = MODELS[asset.kind]
+    return [
+        Problem(asset.path, key, "set by Datadog: remove it from the file")
+        for key in sorted(asset.document)
+        if key in model.read_only_vars
+    ]
+
+
+def validate(root: Path) -> tuple[list[Asset], list[Problem]]:
+    assets, problems = load_assets(root)
+    return assets, problems + validate_assets(assets)
