@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -250,4 +251,11 @@ def serve(settings: Settings, env: Mapping[str, str]) -> None:
         server_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or 1,
     )
+    # Every request allocates a few hundred container objects that reference counting frees;
+    # at the default threshold (700) the cyclic GC still ran young collections thousands of
+    # times a second and full ones every few seconds (16% of the core in the benchmark).
+    # Collect young objects every 50,000 net allocations instead, and freeze what exists now
+    # (modules, the app, the sinks) so that a full collection never walks it again.
+    gc.set_threshold(50_000, 20, 100)
+    gc.freeze()
     uvicorn.Server(config).run()
