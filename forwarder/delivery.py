@@ -28,6 +28,7 @@ _REPLAY_CHECK_INTERVAL_S = 1.0
 _LEASE_CHECK_INTERVAL_S = 5.0
 _STANDBY_RETRY_S = 5.0
 _JOURNAL_RETRY_S = 2.0
+_CAUGHT_UP_PAUSE_S = 0.05
 
 
 @dataclass(slots=True)
@@ -107,6 +108,13 @@ class DeliveryLoop:
                         await self._deliver(wanted)
                     await self.journal.set_cursor(self.sink.name, entries[-1].seq)
                     self.status.cursor = entries[-1].seq
+                    if len(entries) < self.sink.max_batch:
+                        # Caught up: let a few commits' worth of records gather before the
+                        # next read. Without this, every group commit woke every loop for a
+                        # batch of a few records, and one HTTP request per commit cost a
+                        # remote sink more CPU than the webhooks themselves. A full batch
+                        # means a backlog: read on at once.
+                        await self._wait(self._stopping, _CAUGHT_UP_PAUSE_S)
                 except JournalUnavailable as exc:
                     # The records stay where they are; pick up from the same cursor once it answers.
                     self._failed("journal", str(exc), (), unhealthy=False)
