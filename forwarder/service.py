@@ -30,7 +30,7 @@ from forwarder.engines import SQLiteEngine, engine_for
 from forwarder.journal import Journal, JournalUnavailable
 from forwarder.signature import Verifier
 from forwarder.sources import load_sources
-from forwarder.sources.webhook import WebhookEndpoint
+from forwarder.sources.webhook import Receive, Scope, Send, WebhookEndpoint
 from sinks import load_sinks
 from sinks.base import Sink
 
@@ -191,7 +191,7 @@ class Forwarder:
         return not problems, {"ready": not problems, "problems": problems, "unhealthy_sinks": unhealthy}
 
 
-def build_app(settings: Settings, env: Mapping[str, str]) -> Starlette:
+def build_app(settings: Settings, env: Mapping[str, str]) -> WebhookFirst:
     forwarder = Forwarder(settings, env)
     webhook = WebhookEndpoint(
         Verifier(settings.secrets, settings.signature_tolerance_s),
@@ -234,7 +234,29 @@ def build_app(settings: Settings, env: Mapping[str, str]) -> Starlette:
         lifespan=lifespan,
     )
     app.state.forwarder = forwarder
-    return app
+    return WebhookFirst(app, settings.webhook_path, webhook)
+
+
+class WebhookFirst:
+    """Hand ``POST <webhook path>`` straight to the endpoint; everything else goes to Starlette.
+
+    The webhook is the only hot path. Starlette's error and exception middleware, router and
+    send wrappers cost about as much per request as verifying the signature, and the endpoint
+    needs none of them (it answers every outcome itself; an unexpected error still becomes a
+    500 from uvicorn). The route stays registered in Starlette, which still answers other
+    methods on the path with 405.
+    """
+
+    def __init__(self, app: Starlette, webhook_path: str, webhook: WebhookEndpoint) -> None:
+        self.app = app
+        self._path = webhook_path
+        self._webhook = webhook
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self._path and scope["method"] == "POST":
+            await self._webhook(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 def serve(settings: Settings, env: Mapping[str, str]) -> None:
