@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 
@@ -203,3 +204,23 @@ def test_redaction_hides_emails_and_ips_everywhere(start_service: StartService) 
     assert email not in stored
     assert ip not in stored
     assert "redacted:" in stored
+
+
+def test_a_body_that_never_finishes_is_408_and_others_are_unaffected(start_service: StartService) -> None:
+    service = start_service(FORWARDER_BODY_TIMEOUT="1s")
+    body = orjson.dumps(make_event("user.created"))
+    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as slow:
+        slow.sendall(
+            b"POST /webhooks/workos HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"WorkOS-Signature: {sign(body, SECRET)}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body[:10]
+        )
+        started = time.monotonic()
+        assert service.post(make_event("user.created")).status_code == 200  # not held up meanwhile
+        answer = slow.recv(4096)
+        waited = time.monotonic() - started
+
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b'"timeout"' in answer
+    assert 0.9 <= waited < 5
+    assert service.metric("workos_webhook_requests_total", result="timeout") == 1
