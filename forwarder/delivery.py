@@ -28,7 +28,7 @@ _REPLAY_CHECK_INTERVAL_S = 1.0
 _LEASE_CHECK_INTERVAL_S = 5.0
 _STANDBY_RETRY_S = 5.0
 _JOURNAL_RETRY_S = 2.0
-_CAUGHT_UP_PAUSE_S = 0.05
+_DEFAULT_LINGER_S = 0.05
 
 
 @dataclass(slots=True)
@@ -72,6 +72,7 @@ class DeliveryLoop:
         self._max_attempts = max_attempts
         self._poll_interval = poll_interval_s
         self._backoff_cap = backoff_cap_s
+        self._linger = getattr(sink, "linger_s", _DEFAULT_LINGER_S)
         self._wake = journal.subscribe()
         self._stopping = asyncio.Event()
         self._last_failure_log = 0.0
@@ -114,7 +115,7 @@ class DeliveryLoop:
                         # batch of a few records, and one HTTP request per commit cost a
                         # remote sink more CPU than the webhooks themselves. A full batch
                         # means a backlog: read on at once.
-                        await self._wait(self._stopping, _CAUGHT_UP_PAUSE_S)
+                        await self._wait(self._stopping, self._linger)
                 except JournalUnavailable as exc:
                     # The records stay where they are; pick up from the same cursor once it answers.
                     self._failed("journal", str(exc), (), unhealthy=False)

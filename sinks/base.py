@@ -86,7 +86,12 @@ def _split_globs(value: str) -> tuple[str, ...]:
 
 @runtime_checkable
 class Sink(Protocol):
-    """A destination for normalized records. ``max_batch`` bounds one ``send`` call."""
+    """A destination for normalized records. ``max_batch`` bounds one ``send`` call.
+
+    A sink may also set ``linger_s``: once caught up, the loop waits that long for more
+    records before the next ``send`` (default 0.05 s), so a remote sink is not called once
+    per webhook. A backlog is always sent in full batches without waiting.
+    """
 
     name: str
     events: EventFilter

@@ -33,7 +33,7 @@ import orjson
 from prometheus_client import Counter
 
 from forwarder import metrics
-from forwarder.config import ConfigError, choice, integer
+from forwarder.config import ConfigError, choice, duration, integer
 from forwarder.normalize import event_time
 from sinks.base import EventFilter, PermanentError, Record, RetryableError
 
@@ -99,9 +99,11 @@ class DatadogSink:
         compression_level: int = 6,
         max_in_flight: int = 4,
         backfill_policy: str = "restamp",
+        linger_s: float = 1.0,
         name: str = "datadog",
     ) -> None:
         self.name = name
+        self.linger_s = linger_s
         self.events = events
         self.url = url
         self._compression_level = compression_level
@@ -379,4 +381,5 @@ def create(env: Mapping[str, str]) -> DatadogSink | None:
         compression_level=level,
         max_in_flight=integer(env, "DD_MAX_IN_FLIGHT", 4, minimum=1),
         backfill_policy=choice(env, "DD_BACKFILL_POLICY", "restamp", BACKFILL_POLICIES),
+        linger_s=duration(env, "DD_BATCH_LINGER", "1s"),
     )
