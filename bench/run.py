@@ -527,10 +527,12 @@ class Bench:
             peak,
             None,
         )
+        every = max(len(rss) // 10, 1)
+        trace = " ".join(f"{mb:.0f}" for mb in rss[::every])
         row.notes.append(
             f"RSS start {start_rss:.0f} MB, after the first quarter {min(quarter):.0f}-{max(quarter):.0f} MB,"
-            f" end {rss[-1] if rss else 0:.0f} MB; journal {journal_mb:,.0f} MB on disk,"
-            f" backlog {backlog:,.0f} events"
+            f" end {rss[-1] if rss else 0:.0f} MB (every {every} s: {trace});"
+            f" journal {journal_mb:,.0f} MB on disk, backlog {backlog:,.0f} events"
         )
         if first_at is not None and done_at is not None:
             row.delivered_per_s = drained / (done_at - first_at)
