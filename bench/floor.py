@@ -4,8 +4,8 @@ It reads the whole body and answers 200 with a small JSON body, nothing else: no
 verification, no journal. Its requests/s on one core is what uvicorn + uvloop + httptools
 allow, the ceiling the forwarder's acknowledged rate is compared with.
 
-``python -m bench.floor PORT``. The uvicorn options must stay those of
-``forwarder.service.serve`` (the comparison is only fair on the same stack).
+``python -m bench.floor PORT``. It takes its server options from
+``forwarder.service.server_config``: the comparison is only fair on the same stack.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import uvicorn
+
+from forwarder.service import server_config
 
 Message = MutableMapping[str, Any]
 _BODY = b'{"status":"accepted"}'
@@ -38,17 +40,7 @@ async def app(
 
 
 def main() -> None:
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=int(sys.argv[1]),
-        loop="uvloop",
-        http="httptools",
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-    )
+    config = server_config(app, "127.0.0.1", int(sys.argv[1]), lifespan="off", shutdown_timeout_s=1)
     uvicorn.Server(config).run()
 
 

@@ -259,19 +259,28 @@ class WebhookFirst:
             await self.app(scope, receive, send)
 
 
-def serve(settings: Settings, env: Mapping[str, str]) -> None:
-    app = build_app(settings, env)
-    config = uvicorn.Config(
+def server_config(
+    app: Any, host: str, port: int, *, lifespan: str, shutdown_timeout_s: float
+) -> uvicorn.Config:
+    """The HTTP server options, shared with ``bench/floor.py`` so the floor runs on the same stack."""
+    return uvicorn.Config(
         app,
-        host=settings.host,
-        port=settings.port,
+        host=host,
+        port=port,
         loop="uvloop",
         http="httptools",
-        lifespan="on",
+        lifespan=lifespan,
         log_config=None,
         access_log=False,
         server_header=False,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or 1,
+        timeout_graceful_shutdown=int(shutdown_timeout_s) or 1,
+    )
+
+
+def serve(settings: Settings, env: Mapping[str, str]) -> None:
+    app = build_app(settings, env)
+    config = server_config(
+        app, settings.host, settings.port, lifespan="on", shutdown_timeout_s=settings.shutdown_timeout_s
     )
     # Every request allocates a few hundred container objects that reference counting frees;
     # at the default threshold (700) the cyclic GC still ran young collections thousands of
