@@ -19,6 +19,7 @@ import orjson
 from forwarder import metrics
 from forwarder.engines import Lease
 from forwarder.journal import Entry, Journal, JournalUnavailable
+from forwarder.normalize import event_time
 from sinks.base import PermanentError, RetryableError, Sink
 
 logger = logging.getLogger("forwarder.delivery")
@@ -156,12 +157,11 @@ class DeliveryLoop:
         return True
 
     async def _deliver(self, entries: Sequence[Entry]) -> None:
-        records = [orjson.loads(entry.record) for entry in entries]
         retries = 0
         permanent_failures = 0
         while True:
             try:
-                await self.sink.send(records)
+                await self.sink.send(entries)
             except RetryableError as exc:
                 retries += 1
                 self._failed("retryable", exc.reason, entries, unhealthy=exc.unhealthy)
@@ -202,8 +202,13 @@ class DeliveryLoop:
         )
         if not letters:
             return
+        # A dead letter keeps the record but not its time: the record's own date tells.
+        entries = [
+            Entry(0, dead.event_id, dead.event_type, event_time(orjson.loads(dead.record)), dead.record)
+            for dead in letters
+        ]
         try:
-            await self.sink.send([orjson.loads(letter.record) for letter in letters])
+            await self.sink.send(entries)
         except RetryableError as exc:
             self._failed("retryable", exc.reason, letters, unhealthy=exc.unhealthy)
             return
@@ -211,12 +216,8 @@ class DeliveryLoop:
             failed = (
                 set(exc.event_ids) if exc.event_ids is not None else {letter.event_id for letter in letters}
             )
-            still_dead = [letter for letter in letters if letter.event_id in failed]
-            entries = [
-                Entry(0, letter.event_id, letter.event_type, letter.failed_at, letter.record)
-                for letter in still_dead
-            ]
-            await self.journal.dead_letter(self.sink.name, entries, f"replay failed: {exc.reason}", 1)
+            still_dead = [entry for entry in entries if entry.event_id in failed]
+            await self.journal.dead_letter(self.sink.name, still_dead, f"replay failed: {exc.reason}", 1)
             letters = [letter for letter in letters if letter.event_id not in failed]
         await self.journal.finish_replay([letter.id for letter in letters])
         if letters:

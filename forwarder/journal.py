@@ -45,16 +45,19 @@ class NewRecord:
     event_id: str
     event_type: str
     created_at: float | None
-    record: bytes
+    json: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
+    """A stored record as delivery loops read it; it is the ``sinks.base.Record`` sinks get."""
+
     seq: int
     event_id: str
     event_type: str
-    received_at: float
-    record: bytes
+    time: float
+    """The record's ``date`` in epoch seconds: ``created_at``, or ``received_at`` without one."""
+    json: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +239,7 @@ class Journal:
             cursor = tx.execute(
                 "INSERT INTO events (event_id, event_type, created_at, received_at, record)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
-                (rec.event_id, rec.event_type, rec.created_at, now, rec.record),
+                (rec.event_id, rec.event_type, rec.created_at, now, rec.json),
             )
             fresh.append(cursor.rowcount == 1)
         if state:
@@ -291,7 +294,7 @@ class Journal:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, 'dead') ON CONFLICT (sink, event_id) DO UPDATE SET"
                 " reason = excluded.reason, attempts = dead_letters.attempts + excluded.attempts,"
                 " failed_at = excluded.failed_at, state = 'dead'",
-                [(sink, e.event_id, e.event_type, e.record, reason, attempts, now) for e in entries],
+                [(sink, e.event_id, e.event_type, e.json, reason, attempts, now) for e in entries],
             )
         )
 
@@ -393,7 +396,7 @@ class Journal:
 
     def read_after(self, seq: int, limit: int) -> list[Entry]:
         rows = self._read(
-            "SELECT seq, event_id, event_type, received_at, record FROM events"
+            "SELECT seq, event_id, event_type, COALESCE(created_at, received_at), record FROM events"
             " WHERE seq > ? ORDER BY seq LIMIT ?",
             (seq, limit),
         )

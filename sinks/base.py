@@ -1,6 +1,7 @@
 """The sink protocol: what the delivery loop needs from a destination.
 
-A sink is an object with a ``name``, an ``events`` filter and an ``async send(batch)``.
+A sink is an object with a ``name``, an ``events`` filter and an ``async send(batch)``
+of ``Record`` s: journaled events as stored (JSON bytes plus the columns the journal keeps).
 It is built by a factory ``create(env) -> Sink | None`` that reads its own environment
 variables and returns ``None`` when the sink is not configured. Factories are found
 through the ``workos_forwarder.sinks`` entry-point group, so a sink shipped as a separate
@@ -22,10 +23,31 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-Record = dict[str, Any]
-"""A normalized record, as produced by ``forwarder.normalize`` (see the README)."""
+
+class Record(Protocol):
+    """One journaled event, as a sink receives it.
+
+    ``json`` is the normalized record (README, "The record") exactly as it was stored;
+    ``orjson.loads(record.json)`` gives the dict. Sinks that can work from the bytes or the
+    columns do not decode: decoding a record costs more than everything else a simple sink
+    does (the Datadog sink posts the stored bytes, the Prometheus sink counts by type).
+    """
+
+    @property
+    def event_id(self) -> str: ...
+
+    @property
+    def event_type(self) -> str: ...
+
+    @property
+    def time(self) -> float:
+        """Epoch seconds of the record's ``date``: the event's ``created_at``, or when it arrived."""
+        ...
+
+    @property
+    def json(self) -> bytes: ...
 
 
 class SinkError(Exception):

@@ -34,7 +34,6 @@ from prometheus_client import Counter
 
 from forwarder import metrics
 from forwarder.config import ConfigError, choice, duration, integer
-from forwarder.normalize import event_time
 from sinks.base import EventFilter, PermanentError, Record, RetryableError
 
 logger = logging.getLogger(__name__)
@@ -152,16 +151,24 @@ class DatadogSink:
         await self._client.aclose()
 
     def _prepare(self, batch: Sequence[Record], now: float) -> list[_Prepared]:
+        """The bytes to post for each record the intake has not accepted yet.
+
+        A stored record is already a valid Datadog log, so it is posted as stored; only one
+        too old for the intake or over its size limit is decoded and rewritten.
+        """
         prepared = []
         for record in batch:
-            event_id = str(record.get("workos", {}).get("id", ""))
-            if event_id in self._accepted:
+            if record.event_id in self._accepted:
                 continue
-            dated = _apply_backfill_policy(record, now, self._backfill_policy)
-            if dated is None:
+            body = record.json
+            too_old = now - record.time > MAX_AGE_S - RESTAMP_MARGIN_S and self._backfill_policy != "keep"
+            if too_old and self._backfill_policy == "drop":
                 BACKFILL_DROPPED.labels(self.name).inc()
                 continue
-            prepared.append(_Prepared(event_id, _fit(dated)))
+            if too_old or len(body) > MAX_LOG_BYTES:
+                data = orjson.loads(body)
+                body = _fit(_restamp(data, now) if too_old else data)
+            prepared.append(_Prepared(record.event_id, body))
         return prepared
 
     async def _deliver(self, chunk: list[_Prepared], outcome: _Outcome) -> None:
@@ -256,12 +263,8 @@ def _chunks(prepared: list[_Prepared]) -> list[list[_Prepared]]:
     return chunks
 
 
-def _apply_backfill_policy(record: Record, now: float, policy: str) -> Record | None:
-    """The record as it should be posted given its age; None when the policy drops it."""
-    if now - event_time(record) <= MAX_AGE_S - RESTAMP_MARGIN_S or policy == "keep":
-        return record
-    if policy == "drop":
-        return None
+def _restamp(record: dict[str, Any], now: float) -> dict[str, Any]:
+    """The record dated now, its original date kept in ``workos.created_at``, tagged ``backfill:true``."""
     workos = dict(record.get("workos") or {})
     workos.setdefault("created_at", record.get("date"))
     tags = record.get("ddtags") or ""
@@ -273,7 +276,7 @@ def _apply_backfill_policy(record: Record, now: float, policy: str) -> Record | 
     }
 
 
-def _fit(record: Record) -> bytes:
+def _fit(record: dict[str, Any]) -> bytes:
     """The record's JSON, shortened on purpose when it is over Datadog's 1 MB per log.
 
     The largest of ``message``, ``workos.data`` and ``workos.context`` is cut first (an
@@ -302,7 +305,7 @@ def _fit(record: Record) -> bytes:
     return encoded
 
 
-def _minimal(record: Record) -> bytes:
+def _minimal(record: dict[str, Any]) -> bytes:
     """For pathological records (a huge actor, thousands of keys): what identifies the event."""
     minimal = {
         key: record[key]

@@ -11,8 +11,6 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import BinaryIO
 
-import orjson
-
 from forwarder.config import ConfigError
 from sinks.base import EventFilter, Record, RetryableError
 
@@ -26,7 +24,7 @@ class JsonLinesSink:
         self.events = events
 
     async def send(self, batch: Sequence[Record]) -> None:
-        payload = b"".join(orjson.dumps(record) + b"\n" for record in batch)
+        payload = b"".join(record.json + b"\n" for record in batch)
         try:
             await asyncio.to_thread(self._write, payload)
         except OSError as exc:

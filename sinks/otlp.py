@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote
 
+import orjson
 import requests
 from opentelemetry._logs import LogRecord, SeverityNumber
 from opentelemetry.exporter.otlp.proto.http import Compression
@@ -34,7 +35,6 @@ from opentelemetry.util.re import parse_env_headers
 
 from forwarder import metrics
 from forwarder.config import ConfigError
-from forwarder.normalize import event_time
 from sinks.base import EventFilter, PermanentError, Record, RetryableError
 
 logger = logging.getLogger(__name__)
@@ -178,7 +178,8 @@ class OtlpSink:
                 extra={"sink": self.name},
             )
 
-    def _to_log(self, record: Record) -> ReadableLogRecord:
+    def _to_log(self, stored: Record) -> ReadableLogRecord:
+        record = orjson.loads(stored.json)
         workos = record.get("workos") or {}
         severity, severity_text = SEVERITIES.get(str(record.get("status")), SEVERITIES["info"])
         attributes: dict[str, Any] = {}
@@ -192,7 +193,7 @@ class OtlpSink:
         _flatten("workos", workos, attributes)
         return ReadableLogRecord(
             log_record=LogRecord(
-                timestamp=round(event_time(record) * 1000) * 1_000_000,
+                timestamp=round(stored.time * 1000) * 1_000_000,
                 severity_number=severity,
                 severity_text=severity_text,
                 body=record.get("message"),
@@ -203,7 +204,7 @@ class OtlpSink:
             instrumentation_scope=SCOPE,
         )
 
-    def _resource(self, record: Record) -> Resource:
+    def _resource(self, record: dict[str, Any]) -> Resource:
         """One Resource per (service, environment): the encoder groups records by it."""
         service = self._service_name or str(record.get("service") or "workos-events")
         environment = _tag(str(record.get("ddtags") or ""), "env")

@@ -7,16 +7,17 @@ The counter starts from zero at each process start, as Prometheus counters do.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
-from prometheus_client import Counter
+import prometheus_client
 
-from forwarder.catalog import metric_event_label
+from forwarder.catalog import category, metric_event_label, outcome
 from forwarder.config import switch
 from forwarder.metrics import REGISTRY
 from sinks.base import EventFilter, Record
 
-EVENTS = Counter(
+EVENTS = prometheus_client.Counter(
     "workos_events",
     "WorkOS events delivered by the forwarder, by type (unknown types as 'other'), category and outcome.",
     ["event", "category", "outcome"],
@@ -32,12 +33,11 @@ class PrometheusSink:
         self.events = events
 
     async def send(self, batch: Sequence[Record]) -> None:
-        counts: dict[tuple[str, str, str], int] = {}
-        for record in batch:
-            workos = record["workos"]
-            key = (metric_event_label(workos["event"]), workos["category"], record["evt"]["outcome"])
-            counts[key] = counts.get(key, 0) + 1
-        for labels, count in counts.items():
+        # Category and outcome are functions of the type (as in the normalized record), so
+        # the records are never decoded.
+        counts = Counter(record.event_type for record in batch)
+        for event_type, count in counts.items():
+            labels = (metric_event_label(event_type), category(event_type), outcome(event_type))
             EVENTS.labels(*labels).inc(count)
 
     async def close(self) -> None:

@@ -18,8 +18,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import orjson
+
+from forwarder.journal import Entry
+from forwarder.normalize import event_time
 
 MISSING: Any = object()
 """Override value meaning "leave this key out of the event"."""
@@ -867,3 +873,13 @@ SAMPLES["webhook_minimal"] = make_event(
 )
 # The form of one docs sample: space instead of "T", no zone.
 SAMPLES["legacy_created_at"] = make_event("user.deleted", data=_user(), created_at="2023-04-28 20:05:31.093")
+
+
+def stored(records: Iterable[dict[str, Any]]) -> list[Entry]:
+    """Normalized records as the delivery loop hands them to a sink: journal entries."""
+    return [
+        Entry(
+            seq, record["workos"]["id"], record["workos"]["event"], event_time(record), orjson.dumps(record)
+        )
+        for seq, record in enumerate(records, 1)
+    ]

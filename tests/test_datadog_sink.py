@@ -20,19 +20,19 @@ from forwarder import metrics
 from forwarder.config import ConfigError
 from forwarder.delivery import DeliveryLoop
 from forwarder.journal import Journal, NewRecord
-from forwarder.normalize import NormalizeOptions, normalize
+from forwarder.normalize import NormalizeOptions, event_time, normalize
 from sinks import datadog
-from sinks.base import PermanentError, Record, RetryableError
+from sinks.base import PermanentError, RetryableError
 from tests.doubles import eventually
 from tests.doubles.datadog_intake import DatadogIntake
-from tests.samples import make_event
+from tests.samples import make_event, stored
 
 API_KEY = "test-api-key"
 
 
 def record(
     event_type: str = "authentication.password_failed", *, age: timedelta = timedelta(0), **data: Any
-) -> Record:
+) -> dict[str, Any]:
     """A normalized record, as the delivery loop hands it to the sink, created ``age`` ago."""
     created = (datetime.now(UTC) - age).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     event = make_event(event_type, created_at=created)
@@ -40,7 +40,7 @@ def record(
     return normalize(event, NormalizeOptions(service="workos-events", env="test"))
 
 
-def ids(records: list[Record]) -> list[str]:
+def ids(records: list[dict[str, Any]]) -> list[str]:
     return [item["workos"]["id"] for item in records]
 
 
@@ -63,7 +63,7 @@ async def sink(intake: DatadogIntake) -> AsyncIterator[datadog.DatadogSink]:
 
 
 async def send_until_delivered(
-    sink: datadog.DatadogSink, batch: list[Record], *, within: float = 20.0
+    sink: datadog.DatadogSink, batch: list[dict[str, Any]], *, within: float = 20.0
 ) -> int:
     """What the delivery loop does with retryable errors, minus backoff: the number of attempts."""
     deadline = time.monotonic() + within
@@ -71,7 +71,7 @@ async def send_until_delivered(
     while True:
         attempts += 1
         try:
-            await sink.send(batch)
+            await sink.send(stored(batch))
             return attempts
         except RetryableError:
             if time.monotonic() > deadline:
@@ -136,7 +136,7 @@ async def test_ten_thousand_events_all_arrive_once(intake: DatadogIntake, sink: 
     batch = [record() for _ in range(10_000)]
 
     for start in range(0, len(batch), sink.max_batch):
-        await sink.send(batch[start : start + sink.max_batch])
+        await sink.send(stored(batch[start : start + sink.max_batch]))
 
     assert sorted(intake.ids()) == sorted(ids(batch))
     assert intake.violations == []
@@ -153,7 +153,7 @@ async def test_a_batch_over_the_request_size_limit_is_posted_in_several_requests
 ) -> None:
     batch = [record(notes="n" * 10_000) for _ in range(1000)]  # about 10 MB of JSON
 
-    await sink.send(batch)
+    await sink.send(stored(batch))
 
     assert sorted(intake.ids()) == sorted(ids(batch))
     requests = intake.requests()
@@ -166,7 +166,7 @@ async def test_413_from_a_stricter_proxy_splits_the_batch_until_it_fits(sink: da
         sink.url = proxy.url
         batch = [record(notes="n" * 1000) for _ in range(500)]  # about 1 MB of JSON
 
-        await sink.send(batch)
+        await sink.send(stored(batch))
 
         assert sorted(proxy.ids()) == sorted(ids(batch))
         statuses = [request.status for request in proxy.requests()]
@@ -184,7 +184,7 @@ async def test_a_poison_record_is_isolated_and_the_rest_of_its_batch_delivered(
     intake.poison_marker = "poison@example.com"
 
     with pytest.raises(PermanentError) as raised:
-        await sink.send(batch)
+        await sink.send(stored(batch))
 
     assert raised.value.event_ids == [poison["workos"]["id"]]
     assert "400" in raised.value.reason
@@ -200,12 +200,12 @@ async def test_429_surfaces_retry_after_to_the_delivery_loop(
     intake.fail_next(429, headers={"Retry-After": "2"})
 
     with pytest.raises(RetryableError) as raised:
-        await sink.send(batch)
+        await sink.send(stored(batch))
 
     assert raised.value.retry_after is not None
     assert raised.value.retry_after >= 2
     assert not raised.value.unhealthy
-    await sink.send(batch)
+    await sink.send(stored(batch))
     assert intake.ids() == ids(batch)
 
 
@@ -213,7 +213,7 @@ async def test_x_ratelimit_reset_is_honoured_too(intake: DatadogIntake, sink: da
     intake.fail_next(429, headers={"X-RateLimit-Reset": "7"})
 
     with pytest.raises(RetryableError) as raised:
-        await sink.send([record()])
+        await sink.send(stored([record()]))
 
     assert raised.value.retry_after == 7
 
@@ -226,7 +226,7 @@ async def test_transient_answers_are_retryable(
     before = metric("workos_forwarder_sink_retries_total", status_class=f"{status // 100}xx")
 
     with pytest.raises(RetryableError) as raised:
-        await sink.send([record()])
+        await sink.send(stored([record()]))
 
     assert str(status) in raised.value.reason
     assert metric("workos_forwarder_sink_retries_total", status_class=f"{status // 100}xx") == before + 1
@@ -249,7 +249,7 @@ async def test_unreachable_intake_is_retryable(sink: datadog.DatadogSink, intake
     before = metric("workos_forwarder_sink_requests_total", status_class="error")
 
     with pytest.raises(RetryableError) as raised:
-        await sink.send([record()])
+        await sink.send(stored([record()]))
 
     assert intake.url in raised.value.reason
     assert metric("workos_forwarder_sink_requests_total", status_class="error") == before + 1
@@ -263,14 +263,14 @@ async def test_rejected_api_key_marks_the_sink_unhealthy_and_names_the_fix(
 
     for _ in range(3):
         with pytest.raises(RetryableError) as raised:
-            await sink.send(batch)
+            await sink.send(stored(batch))
         assert raised.value.unhealthy
         assert "DD_API_KEY" in raised.value.reason
         assert "DD_SITE" in raised.value.reason
 
     assert len([line for line in caplog.records if "DD_API_KEY" in line.getMessage()]) == 1
     intake.api_key = API_KEY
-    await sink.send(batch)
+    await sink.send(stored(batch))
     assert sorted(intake.ids()) == sorted(ids(batch))
 
 
@@ -281,8 +281,8 @@ async def test_a_partly_accepted_batch_is_not_posted_twice_on_retry(intake: Data
     intake.fail_next(500)  # the first request fails, the two others are accepted
 
     with pytest.raises(RetryableError):
-        await sink.send(batch)
-    await sink.send(batch)
+        await sink.send(stored(batch))
+    await sink.send(stored(batch))
     await sink.close()
 
     assert sorted(intake.ids()) == sorted(ids(batch))  # each id exactly once
@@ -293,7 +293,7 @@ async def test_an_event_three_days_old_is_restamped_with_its_original_time_kept(
 ) -> None:
     old, fresh = record(age=timedelta(days=3)), record()
 
-    await sink.send([old, fresh])
+    await sink.send(stored([old, fresh]))
 
     arrived = {item["workos"]["id"]: item for item in intake.received()}
     restamped = arrived[old["workos"]["id"]]
@@ -311,7 +311,7 @@ async def test_backfill_policy_keep_sends_the_original_date(intake: DatadogIntak
     assert sink is not None
     old = record(age=timedelta(days=3))
 
-    await sink.send([old])
+    await sink.send(stored([old]))
     await sink.close()
 
     assert intake.received()[0]["date"] == old["date"]
@@ -324,7 +324,7 @@ async def test_backfill_policy_drop_skips_old_events_and_counts_them(intake: Dat
     old, fresh = record(age=timedelta(days=3)), record()
     before = metric("workos_forwarder_sink_backfill_dropped_total")
 
-    await sink.send([old, fresh])
+    await sink.send(stored([old, fresh]))
     await sink.close()
 
     assert intake.ids() == [fresh["workos"]["id"]]
@@ -341,7 +341,7 @@ async def test_a_record_over_1_mb_is_shortened_on_purpose(
         "error": lambda: record(error={"code": "invalid_credentials", "message": "e" * 1_100_000}),
     }[where]()
 
-    await sink.send([big])
+    await sink.send(stored([big]))
 
     (arrived,) = intake.received()
     assert intake.violations == []
@@ -355,7 +355,7 @@ async def test_compression_level_zero_posts_plain_json(intake: DatadogIntake) ->
     sink = datadog.create({"DD_API_KEY": API_KEY, "DD_LOGS_URL": intake.url, "DD_COMPRESSION_LEVEL": "0"})
     assert sink is not None
 
-    await sink.send([record()])
+    await sink.send(stored([record()]))
     await sink.close()
 
     (request,) = intake.requests()
@@ -369,7 +369,7 @@ async def test_requests_bytes_and_last_success_are_measured(
     before_2xx = metric("workos_forwarder_sink_requests_total", status_class="2xx")
     before_bytes = metric("workos_forwarder_sink_bytes_total")
 
-    await sink.send([record()])
+    await sink.send(stored([record()]))
 
     assert metric("workos_forwarder_sink_requests_total", status_class="2xx") == before_2xx + 1
     assert metric("workos_forwarder_sink_bytes_total") == before_bytes + intake.requests()[0].wire_bytes
@@ -385,10 +385,10 @@ class Pipeline:
     def __init__(self, journal: Journal, loop: DeliveryLoop, task: asyncio.Task[None]) -> None:
         self.journal, self.loop, self.task = journal, loop, task
 
-    async def append(self, records: list[Record]) -> None:
+    async def append(self, records: list[dict[str, Any]]) -> None:
         await self.journal.append(
             [
-                NewRecord(item["workos"]["id"], item["workos"]["event"], None, orjson.dumps(item))
+                NewRecord(item["workos"]["id"], item["workos"]["event"], event_time(item), orjson.dumps(item))
                 for item in records
             ]
         )

@@ -14,22 +14,22 @@ import pytest
 from forwarder.config import ConfigError
 from forwarder.delivery import DeliveryLoop
 from forwarder.journal import Journal, NewRecord
-from forwarder.normalize import NormalizeOptions, normalize
+from forwarder.normalize import NormalizeOptions, event_time, normalize
 from sinks import otlp
-from sinks.base import PermanentError, Record, RetryableError
+from sinks.base import PermanentError, RetryableError
 from tests.doubles import eventually
 from tests.doubles.otlp_receiver import OtlpReceiver
-from tests.samples import EMAIL, USER_ID, make_event
+from tests.samples import EMAIL, USER_ID, make_event, stored
 
 
-def record(event_type: str = "authentication.password_failed", **data: Any) -> Record:
+def record(event_type: str = "authentication.password_failed", **data: Any) -> dict[str, Any]:
     created = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     event = make_event(event_type, created_at=created)
     event["data"].update(data)
     return normalize(event, NormalizeOptions(service="workos-events", env="staging"))
 
 
-def ids(records: list[Record]) -> list[str]:
+def ids(records: list[dict[str, Any]]) -> list[str]:
     return [item["workos"]["id"] for item in records]
 
 
@@ -118,7 +118,7 @@ async def test_each_event_becomes_one_log_record_with_semantic_convention_attrib
     risky = record("authentication.radar_risk_detected")
     created = record("user.created")
 
-    await sink.send([failed, risky, created])
+    await sink.send(stored([failed, risky, created]))
 
     logs = {log.attributes["workos.id"]: log for log in receiver.logs()}
     assert len(logs) == 3
@@ -151,14 +151,16 @@ async def test_each_event_becomes_one_log_record_with_semantic_convention_attrib
 async def test_values_protobuf_cannot_hold_do_not_block_the_batch(
     receiver: OtlpReceiver, sink: otlp.OtlpSink
 ) -> None:
-    odd = record(counter=2**70, mixed=[1, "two", None], rows=[{"big": -(2**64)}])
+    # The largest integers a stored record can hold (orjson reads up to 2**64 - 1) are
+    # beyond protobuf's int64.
+    odd = record(counter=2**64 - 1, mixed=[1, "two", None], rows=[{"big": 2**63}])
 
-    await sink.send([odd, record()])
+    await sink.send(stored([odd, record()]))
 
     log = next(log for log in receiver.logs() if log.attributes["workos.id"] == odd["workos"]["id"])
-    assert log.attributes["workos.data.counter"] == str(2**70)
+    assert log.attributes["workos.data.counter"] == str(2**64 - 1)
     assert log.attributes["workos.data.mixed"] == [1, "two", None]
-    assert log.attributes["workos.data.rows"] == [{"big": str(-(2**64))}]
+    assert log.attributes["workos.data.rows"] == [{"big": str(2**63)}]
     assert len(receiver.logs()) == 2
 
 
@@ -171,7 +173,7 @@ async def test_service_name_and_resource_attributes_come_from_the_standard_varia
         OTEL_RESOURCE_ATTRIBUTES="service.namespace=identity,team=platform%20security",
     )
 
-    await sink.send([record()])
+    await sink.send(stored([record()]))
     await sink.close()
 
     (log,) = receiver.logs()
@@ -190,7 +192,7 @@ async def test_headers_and_compression_variables_reach_the_collector(receiver: O
         OTEL_EXPORTER_OTLP_LOGS_COMPRESSION="gzip",
     )
 
-    await sink.send([record()])
+    await sink.send(stored([record()]))
     await sink.close()
 
     (request,) = receiver.requests()
@@ -208,11 +210,11 @@ async def test_collector_down_then_up_loses_nothing(receiver: OtlpReceiver, sink
     receiver.stop()
 
     with pytest.raises(RetryableError) as raised:
-        await sink.send(batch)
+        await sink.send(stored(batch))
     assert receiver.url in raised.value.reason
 
     receiver.start()
-    await sink.send(batch)
+    await sink.send(stored(batch))
     assert sorted(receiver.ids()) == sorted(ids(batch))
 
 
@@ -222,7 +224,7 @@ async def test_throttling_beyond_the_exporter_timeout_surfaces_retry_after(
     receiver.fail_next(429, times=5, headers={"Retry-After": "30"})
 
     with pytest.raises(RetryableError) as raised:
-        await sink.send([record()])
+        await sink.send(stored([record()]))
 
     assert raised.value.retry_after == 30
     assert receiver.logs() == []
@@ -234,7 +236,7 @@ async def test_rejected_credentials_mark_the_sink_unhealthy(
     receiver.fail_next(401)
 
     with pytest.raises(RetryableError) as raised:
-        await sink.send([record()])
+        await sink.send(stored([record()]))
 
     assert raised.value.unhealthy
     assert "OTEL_EXPORTER_OTLP_HEADERS" in raised.value.reason
@@ -249,7 +251,7 @@ async def test_a_record_the_collector_refuses_is_isolated_and_the_rest_delivered
     receiver.poison_marker = "poison@example.com"
 
     with pytest.raises(PermanentError) as raised:
-        await sink.send(batch)
+        await sink.send(stored(batch))
 
     assert raised.value.event_ids == [poison["workos"]["id"]]
     assert sorted(receiver.ids()) == sorted(ids(batch[:42] + batch[43:]))
@@ -261,7 +263,7 @@ async def test_a_wrong_endpoint_path_marks_the_sink_unhealthy_instead_of_droppin
     sink = make_sink(receiver, OTEL_EXPORTER_OTLP_LOGS_ENDPOINT=f"{receiver.base_url}/v1/traces")
 
     with pytest.raises(RetryableError) as raised:
-        await sink.send([record()])
+        await sink.send(stored([record()]))
     await sink.close()
 
     assert raised.value.unhealthy
@@ -274,7 +276,7 @@ async def test_413_halves_the_batch_until_the_collector_takes_it(
     batch = [record() for _ in range(100)]
     receiver.fail_next(413)
 
-    await sink.send(batch)
+    await sink.send(stored(batch))
 
     assert sorted(receiver.ids()) == sorted(ids(batch))
     assert [request.records for request in receiver.requests()] == [0, 50, 50]
@@ -293,7 +295,10 @@ async def test_delivery_loop_holds_the_cursor_while_the_collector_is_down(
     receiver.stop()
     batch = [record() for _ in range(1200)]
     await journal.append(
-        [NewRecord(item["workos"]["id"], item["workos"]["event"], None, orjson.dumps(item)) for item in batch]
+        [
+            NewRecord(item["workos"]["id"], item["workos"]["event"], event_time(item), orjson.dumps(item))
+            for item in batch
+        ]
     )
 
     await eventually(

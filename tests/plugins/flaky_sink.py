@@ -30,7 +30,7 @@ class FlakySink:
         if mode == "permanent":
             raise PermanentError("flaky sink told to reject everything")
         with self._out.open("a") as out:
-            out.writelines(record["workos"]["id"] + "\n" for record in batch)
+            out.writelines(record.event_id + "\n" for record in batch)
 
     async def close(self) -> None:
         return None
