@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS events (
     received_at {real} NOT NULL,
     record {blob} NOT NULL
 );
-CREATE INDEX IF NOT EXISTS events_received_at ON events (received_at);
+DROP INDEX IF EXISTS events_received_at;
 CREATE TABLE IF NOT EXISTS cursors (
     sink TEXT PRIMARY KEY,
     seq BIGINT NOT NULL,

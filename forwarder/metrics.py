@@ -61,6 +61,12 @@ SINK_HEALTHY = Gauge(
 DEAD_LETTERS = Gauge(
     "workos_forwarder_dead_letters", "Dead letters waiting for replay, by sink.", ["sink"], registry=REGISTRY
 )
+JOURNAL_COMMIT = Histogram(
+    "workos_forwarder_journal_commit_seconds",
+    "Time of one group commit (fsync included); its count is the number of commits.",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+    registry=REGISTRY,
+)
 JOURNAL_EVENTS = Gauge("workos_forwarder_journal_events", "Records held in the journal.", registry=REGISTRY)
 JOURNAL_BYTES = Gauge("workos_forwarder_journal_bytes", "Size of the journal on disk.", registry=REGISTRY)
 

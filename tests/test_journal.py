@@ -1,0 +1,26 @@
+"""The journal's retention on a real SQLite file: what is pruned, and what must stay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from forwarder.journal import Journal, NewRecord
+
+
+def records(count: int) -> list[NewRecord]:
+    return [NewRecord(f"event_{i:04d}", "user.created", None, b"{}") for i in range(count)]
+
+
+async def test_prune_removes_only_records_every_sink_has_delivered_and_that_are_old(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.sqlite3")
+    await journal.register_sinks(["datadog", "prometheus"])
+    await journal.append(records(25))
+    await journal.set_cursor("datadog", 20)
+    await journal.set_cursor("prometheus", 10)
+
+    assert await journal.prune(older_than_s=3600) == 0  # delivered, but younger than the retention
+    assert await journal.prune(older_than_s=0, batch=4) == 10  # in several rounds
+
+    remaining = journal.read_after(0, 100)
+    assert [entry.seq for entry in remaining] == list(range(11, 26))  # prometheus has not had these
+    await journal.close()
