@@ -194,6 +194,26 @@ class Server:
                     return sample.value
         return 0.0
 
+    def commits(self) -> tuple[float, float]:
+        """Group commits so far and the seconds they took (fsync included)."""
+        return (
+            self.metric("workos_forwarder_journal_commit_seconds_count"),
+            self.metric("workos_forwarder_journal_commit_seconds_sum"),
+        )
+
+
+def commit_note(
+    before: tuple[float, float], after: tuple[float, float], events: float, seconds: float
+) -> str:
+    """How the events were grouped into commits: fewer, larger commits mean fewer fsyncs."""
+    count, took = after[0] - before[0], after[1] - before[1]
+    if not count:
+        return "no group commits"
+    return (
+        f"group commits {count / seconds:,.0f}/s, {events / count:.1f} events and"
+        f" {took / count * 1000:.2f} ms each"
+    )
+
 
 class Intake:
     """``bench/intake.py`` on the load core."""
@@ -394,6 +414,7 @@ class Bench:
             accepted_before = server.metric("workos_webhook_requests_total", result="accepted")
             duplicates_before = server.metric("workos_webhook_requests_total", result="duplicate")
             records_before = self.intake.stats()["records"]
+            commits_before = server.commits()
             cpu_before = stats.cpu_s()
             started = time.monotonic()
             profiler = self.profile(server.proc.pid, name)
@@ -410,6 +431,7 @@ class Bench:
             duplicates = (
                 server.metric("workos_webhook_requests_total", result="duplicate") - duplicates_before
             )
+            commits = commit_note(commits_before, server.commits(), accepted, seconds)
             drained_at = self.wait_delivered(server, timeout_s=300)
             if profiler is not None:
                 profiler.wait()
@@ -428,6 +450,7 @@ class Bench:
             closed_loop=True,
         )
         self.results[name] = row
+        row.notes.append(commits)
         if server.delivers and drained_at is not None:
             row.delivered_per_s = accepted / (drained_at - started)
             row.notes.append(
@@ -453,12 +476,14 @@ class Bench:
             self.warm_up(server)
             stats = ProcessStats(server.proc.pid, 0.5).start()
             records_before = self.intake.stats()["records"]
+            commits_before = server.commits()
             cpu_before, wall_before = stats.cpu_s(), time.monotonic()
             result = loadgen(
                 server.port, file, rate=rate, duration_s=duration, connections=self.args.connections
             )
             cpu = (stats.cpu_s() - cpu_before) / (time.monotonic() - wall_before)
             during = self.intake.stats()["records"] - records_before
+            commits = commit_note(commits_before, server.commits(), result["ok"], result["sent_for_s"])
             stats.stop()
             peak = stats.peak_mb()
         finally:
@@ -477,6 +502,7 @@ class Bench:
             f" p99.9 {result['p999_us'] / 1000:.1f} ms, max {result['max_us'] / 1000:.1f} ms,"
             f" longest queue for a connection {result['max_queue']}"
         )
+        row.notes.append(commits)
         self.results["fixed"] = row
         self.rows.append(row)
 
