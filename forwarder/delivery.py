@@ -105,7 +105,12 @@ class DeliveryLoop:
                             return
                         await self._wait(self._wake, self._poll_interval)
                         continue
-                    wanted = [entry for entry in entries if self.sink.events.matches(entry.event_type)]
+                    events = self.sink.events
+                    wanted = (
+                        entries
+                        if events.matches_everything
+                        else [entry for entry in entries if events.matches(entry.event_type)]
+                    )
                     if wanted:
                         await self._deliver(wanted)
                     await self.journal.set_cursor(self.sink.name, entries[-1].seq)

@@ -96,6 +96,11 @@ class EventFilter:
             exclude=_split_globs(env.get(f"{prefix}_EXCLUDE_EVENTS", "")),
         )
 
+    @property
+    def matches_everything(self) -> bool:
+        """No globs: the delivery loop skips the per-record check."""
+        return not self.include and not self.exclude
+
     def matches(self, event_type: str) -> bool:
         if self.include and not any(fnmatch.fnmatchcase(event_type, glob) for glob in self.include):
             return False
