@@ -34,7 +34,7 @@ from prometheus_client import Counter
 
 from forwarder import metrics
 from forwarder.config import ConfigError, choice, duration, integer
-from sinks.base import EventFilter, PermanentError, Record, RetryableError
+from sinks.base import EventFilter, PermanentError, Record, RetryableError, run_in_background
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class DatadogSink:
         self._credentials_rejected = False
 
     async def send(self, batch: Sequence[Record]) -> None:
-        prepared = await asyncio.to_thread(self._prepare, batch, time.time())
+        prepared = await run_in_background(self._prepare, batch, time.time())
         chunks = _chunks(prepared)
         outcome = _Outcome(rejected=[], retryable=[])
         results = await asyncio.gather(
@@ -196,7 +196,7 @@ class DatadogSink:
     async def _post(self, chunk: list[_Prepared]) -> httpx.Response:
         body = b"[" + b",".join(item.body for item in chunk) + b"]"
         if self._compression_level:
-            body = await asyncio.to_thread(gzip.compress, body, self._compression_level)
+            body = await run_in_background(gzip.compress, body, self._compression_level)
         async with self._in_flight:
             try:
                 response = await self._client.post(self.url, content=body)

@@ -6,13 +6,12 @@ mode and flushed after each batch, so ``tail -f`` and log shippers see records p
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Mapping, Sequence
 from typing import BinaryIO
 
 from forwarder.config import ConfigError
-from sinks.base import EventFilter, Record, RetryableError
+from sinks.base import EventFilter, Record, RetryableError, run_in_background
 
 
 class JsonLinesSink:
@@ -26,7 +25,7 @@ class JsonLinesSink:
     async def send(self, batch: Sequence[Record]) -> None:
         payload = b"".join(record.json + b"\n" for record in batch)
         try:
-            await asyncio.to_thread(self._write, payload)
+            await run_in_background(self._write, payload)
         except OSError as exc:
             raise RetryableError(f"cannot write JSON lines: {exc}") from exc
 

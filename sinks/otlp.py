@@ -35,7 +35,7 @@ from opentelemetry.util.re import parse_env_headers
 
 from forwarder import metrics
 from forwarder.config import ConfigError
-from sinks.base import EventFilter, PermanentError, Record, RetryableError
+from sinks.base import EventFilter, PermanentError, Record, RetryableError, run_in_background
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class OtlpSink:
         """Export; on 400/413 halve the batch to isolate what the collector refuses (returned as ids)."""
         with self._status_lock:
             self._last_status = self._last_retry_after = None
-        result = await asyncio.to_thread(self._exporter.export, logs)
+        result = await run_in_background(self._exporter.export, logs)
         with self._status_lock:
             status, retry_after = self._last_status, self._last_retry_after
         if result is LogRecordExportResult.SUCCESS:
