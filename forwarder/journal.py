@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import queue
 import threading
@@ -119,6 +120,7 @@ class Journal:
         self._ops: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._sinks: list[str] = []
         self._subscribers: list[asyncio.Event] = []
+        self._waiting: list[tuple[NewRecord, asyncio.Future[bool]]] = []
         self.last_error: str | None = None
         self._writer_conn: Any = self.engine.connect(writer=True)
         self.engine.create_schema(self._writer_conn)
@@ -228,6 +230,27 @@ class Journal:
         can never run ahead of, or behind, the events it stands for.
         """
         return await self._submit(lambda tx: self._append(tx, records, state))
+
+    async def append_one(self, record: NewRecord) -> bool:
+        """``append`` for a single record; callers in the same event-loop turn share one write.
+
+        Every webhook request stores one record. Handing the writer thread one operation per
+        loop turn instead of one per request spares it a queue hand-off, a wake-up and a
+        result to settle for each of them; each request still waits for its own commit.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        self._waiting.append((record, future))
+        if len(self._waiting) == 1:
+            loop.call_soon(self._submit_waiting, loop)
+        return await future
+
+    def _submit_waiting(self, loop: asyncio.AbstractEventLoop) -> None:
+        waiting, self._waiting = self._waiting, []
+        records = [record for record, _ in waiting]
+        written: asyncio.Future[list[bool]] = loop.create_future()
+        written.add_done_callback(functools.partial(_settle_each, waiting))
+        self._ops.put(_Op(lambda tx: self._append(tx, records, None), written, loop))
 
     def _append(self, tx: _Tx, records: Sequence[NewRecord], state: Mapping[str, str] | None) -> list[bool]:
         if self._sinks:
@@ -465,6 +488,21 @@ class Journal:
     @property
     def backlog_limit(self) -> int:
         return self._backlog_limit
+
+
+def _settle_each(
+    waiting: list[tuple[NewRecord, asyncio.Future[bool]]], written: asyncio.Future[list[bool]]
+) -> None:
+    """Hand each ``append_one`` caller its record's outcome (or the write's error)."""
+    error = written.exception()
+    fresh = written.result() if error is None else [False] * len(waiting)
+    for (_, future), is_new in zip(waiting, fresh, strict=True):
+        if future.done():  # the request went away (client disconnect)
+            continue
+        if error is None:
+            future.set_result(is_new)
+        else:
+            future.set_exception(error)
 
 
 def _filters(**equal: str | None) -> tuple[str, list[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from forwarder.journal import Journal, NewRecord
@@ -23,4 +24,17 @@ async def test_prune_removes_only_records_every_sink_has_delivered_and_that_are_
 
     remaining = journal.read_after(0, 100)
     assert [entry.seq for entry in remaining] == list(range(11, 26))  # prometheus has not had these
+    await journal.close()
+
+
+async def test_concurrent_single_appends_share_a_write_and_each_gets_its_own_outcome(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.sqlite3")
+    first, again, other = records(2)[0], records(2)[0], records(2)[1]
+
+    outcomes = await asyncio.gather(
+        journal.append_one(first), journal.append_one(again), journal.append_one(other)
+    )
+
+    assert outcomes == [True, False, True]  # the same id twice in one write: stored once
+    assert [entry.event_id for entry in journal.read_after(0, 10)] == ["event_0000", "event_0001"]
     await journal.close()

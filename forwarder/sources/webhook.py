@@ -158,8 +158,8 @@ class WebhookEndpoint:
         event_id = event["id"]
         created_at = created_at_epoch(event)
         try:
-            (fresh,) = await self._journal.append(
-                [NewRecord(event_id, event["event"], created_at, orjson.dumps(record))]
+            fresh = await self._journal.append_one(
+                NewRecord(event_id, event["event"], created_at, orjson.dumps(record))
             )
         except JournalUnavailable as exc:
             self._warn.warning("unavailable", "webhook not stored", event_id=event_id, error=str(exc))
