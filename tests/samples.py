@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from forwarder.journal import Entry
+from forwarder.journal import Entry, NewRecord
 from forwarder.normalize import event_time
 
 MISSING: Any = object()
@@ -875,11 +875,16 @@ SAMPLES["webhook_minimal"] = make_event(
 SAMPLES["legacy_created_at"] = make_event("user.deleted", data=_user(), created_at="2023-04-28 20:05:31.093")
 
 
+def journaled(records: Iterable[dict[str, Any]]) -> list[NewRecord]:
+    """Normalized records as a source hands them to the journal."""
+    return [NewRecord(*_columns(record)) for record in records]
+
+
 def stored(records: Iterable[dict[str, Any]]) -> list[Entry]:
     """Normalized records as the delivery loop hands them to a sink: journal entries."""
-    return [
-        Entry(
-            seq, record["workos"]["id"], record["workos"]["event"], event_time(record), orjson.dumps(record)
-        )
-        for seq, record in enumerate(records, 1)
-    ]
+    return [Entry(seq, *_columns(record)) for seq, record in enumerate(records, 1)]
+
+
+def _columns(record: dict[str, Any]) -> tuple[str, str, float, bytes]:
+    """Event id, type, time and JSON: what the journal keeps of a normalized record."""
+    return record["workos"]["id"], record["workos"]["event"], event_time(record), orjson.dumps(record)

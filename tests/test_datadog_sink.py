@@ -19,13 +19,13 @@ import pytest
 from forwarder import metrics
 from forwarder.config import ConfigError
 from forwarder.delivery import DeliveryLoop
-from forwarder.journal import Journal, NewRecord
-from forwarder.normalize import NormalizeOptions, event_time, normalize
+from forwarder.journal import Journal
+from forwarder.normalize import NormalizeOptions, normalize
 from sinks import datadog
 from sinks.base import PermanentError, RetryableError
 from tests.doubles import eventually
 from tests.doubles.datadog_intake import DatadogIntake
-from tests.samples import make_event, stored
+from tests.samples import journaled, make_event, stored
 
 API_KEY = "test-api-key"
 
@@ -386,12 +386,7 @@ class Pipeline:
         self.journal, self.loop, self.task = journal, loop, task
 
     async def append(self, records: list[dict[str, Any]]) -> None:
-        await self.journal.append(
-            [
-                NewRecord(item["workos"]["id"], item["workos"]["event"], event_time(item), orjson.dumps(item))
-                for item in records
-            ]
-        )
+        await self.journal.append(journaled(records))
 
 
 @pytest.fixture

@@ -8,18 +8,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from forwarder.config import ConfigError
 from forwarder.delivery import DeliveryLoop
-from forwarder.journal import Journal, NewRecord
-from forwarder.normalize import NormalizeOptions, event_time, normalize
+from forwarder.journal import Journal
+from forwarder.normalize import NormalizeOptions, normalize
 from sinks import otlp
 from sinks.base import PermanentError, RetryableError
 from tests.doubles import eventually
 from tests.doubles.otlp_receiver import OtlpReceiver
-from tests.samples import EMAIL, USER_ID, make_event, stored
+from tests.samples import EMAIL, USER_ID, journaled, make_event, stored
 
 
 def record(event_type: str = "authentication.password_failed", **data: Any) -> dict[str, Any]:
@@ -294,12 +293,7 @@ async def test_delivery_loop_holds_the_cursor_while_the_collector_is_down(
     task = asyncio.create_task(loop.run())
     receiver.stop()
     batch = [record() for _ in range(1200)]
-    await journal.append(
-        [
-            NewRecord(item["workos"]["id"], item["workos"]["event"], event_time(item), orjson.dumps(item))
-            for item in batch
-        ]
-    )
+    await journal.append(journaled(batch))
 
     await eventually(
         lambda: loop.status.failing_since is not None, what="the loop to notice the collector is down"
