@@ -19,7 +19,6 @@ the journal keeps the batch. Retrying and sleeping are the loop's job, never thi
 from __future__ import annotations
 
 import asyncio
-import gzip
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -31,6 +30,7 @@ from typing import Any
 import httpx
 import orjson
 from prometheus_client import Counter
+from zlib_ng import gzip_ng
 
 from forwarder import metrics
 from forwarder.config import ConfigError, choice, duration, integer
@@ -85,7 +85,7 @@ class _Outcome:
 
 
 class DatadogSink:
-    """Datadog Logs intake over httpx (keep-alive), gzip and orjson. See the module docstring."""
+    """Datadog Logs intake over httpx (keep-alive), gzip (zlib-ng) and orjson. See the module docstring."""
 
     max_batch = MAX_ENTRIES
 
@@ -196,7 +196,8 @@ class DatadogSink:
     async def _post(self, chunk: list[_Prepared]) -> httpx.Response:
         body = b"[" + b",".join(item.body for item in chunk) + b"]"
         if self._compression_level:
-            body = await run_in_background(gzip.compress, body, self._compression_level)
+            # zlib-ng: the levels and about the sizes of zlib's gzip, in about 60% of the CPU.
+            body = await run_in_background(gzip_ng.compress, body, self._compression_level)
         async with self._in_flight:
             try:
                 response = await self._client.post(self.url, content=body)
