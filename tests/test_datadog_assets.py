@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner, Result
-from prometheus_client import Counter, Gauge, Histogram
 
 import sinks.prometheus  # noqa: F401  (registers workos_events_total on the shared registry)
 from forwarder import catalog
@@ -274,13 +273,7 @@ def agent_mapping() -> tuple[str, dict[str, str]]:
 
 def registry_families() -> dict[str, str]:
     """Family name (as the Agent matches it: no ``_total``) -> Prometheus type."""
-    kinds = {Counter: "counter", Gauge: "gauge", Histogram: "histogram"}
-    families = {}
-    for collector in REGISTRY._collector_to_names:
-        for kind_class, kind in kinds.items():
-            if isinstance(collector, kind_class):
-                families[collector._name] = kind
-    return families
+    return {family.name: family.type for family in REGISTRY.collect()}
 
 
 def test_agent_config_maps_metrics_the_forwarder_really_exposes() -> None:
