@@ -18,7 +18,10 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Literal
 
+import orjson
+
 from forwarder import catalog
+from forwarder.journal import NewRecord
 from forwarder.redaction import Redactor
 
 Delivery = Literal["webhook", "api"]
@@ -52,6 +55,24 @@ def normalize(event: Any, options: NormalizeOptions, *, delivery: Delivery = "we
     Raises ``InvalidEvent`` when ``event`` lacks what every WorkOS event has: an object with
     a non-empty string ``id`` and ``event``, and ``data`` an object when present.
     """
+    return _normalize(event, options, delivery)[0]
+
+
+def journal_record(event: Any, options: NormalizeOptions, *, delivery: Delivery) -> NewRecord:
+    """What the journal stores for ``event``: the normalized record as JSON, beside its id,
+    type and creation time (epoch seconds; None when missing or unparseable).
+
+    Raises ``InvalidEvent`` like ``normalize``. ``created_at`` is parsed once for both uses.
+    """
+    record, created = _normalize(event, options, delivery)
+    created_at = created.timestamp() if created is not None else None
+    return NewRecord(event["id"], event["event"], created_at, orjson.dumps(record))
+
+
+def _normalize(
+    event: Any, options: NormalizeOptions, delivery: Delivery
+) -> tuple[dict[str, Any], datetime | None]:
+    """The record and the parsed ``created_at`` (None when missing or unparseable)."""
     if not isinstance(event, dict):
         raise InvalidEvent(f"an event must be a JSON object, got {_json_type(event)}")
     event_id = event.get("id")
@@ -137,19 +158,13 @@ def normalize(event: Any, options: NormalizeOptions, *, delivery: Delivery = "we
     record["workos"] = workos
 
     if options.redaction is not None:
-        return options.redaction.apply(record)
-    return record
+        return options.redaction.apply(record), created
+    return record, created
 
 
 def event_time(record: dict[str, Any]) -> float:
     """Epoch seconds of a normalized record's ``date`` (always set, always parseable)."""
     return datetime.fromisoformat(record["date"]).timestamp()
-
-
-def created_at_epoch(event: dict[str, Any]) -> float | None:
-    """Epoch seconds of a raw event's ``created_at``, or None when missing or unparseable."""
-    created = _parse_time(event.get("created_at"))
-    return created.timestamp() if created is not None else None
 
 
 def _text(value: Any) -> str | None:

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from forwarder import catalog
-from forwarder.normalize import InvalidEvent, NormalizeOptions, created_at_epoch, event_time, normalize
+from forwarder.normalize import InvalidEvent, NormalizeOptions, event_time, journal_record, normalize
 from tests.samples import (
     CONNECTION_ID,
     DIRECTORY_USER_ID,
@@ -581,7 +581,7 @@ def test_created_at_is_parsed_leniently_to_utc_milliseconds(raw: str, date: str)
     assert record["date"] == date
     assert record["workos"]["created_at"] == raw
     epoch = datetime.fromisoformat(date).timestamp()
-    assert created_at_epoch(event) == pytest.approx(epoch, abs=0.001)
+    assert journal_record(event, OPTIONS, delivery="api").created_at == pytest.approx(epoch, abs=0.001)
     assert event_time(record) == pytest.approx(epoch, abs=0.001)
 
 
@@ -593,18 +593,24 @@ def test_unparseable_created_at_falls_back_to_now_and_keeps_the_raw_value(raw: A
     after = time.time()
     assert before - 0.001 <= event_time(record) <= after + 0.001
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["date"])
-    assert created_at_epoch(event) is None
+    assert journal_record(event, OPTIONS, delivery="api").created_at is None
     if raw is None or raw is MISSING:
         assert "created_at" not in record["workos"]
     else:
         assert record["workos"]["created_at"] == raw
 
 
+def test_the_journal_row_is_the_normalized_record_beside_its_id_type_and_time() -> None:
+    event = make_event("authentication.password_failed", created_at="2023-04-28T20:05:31.093Z")
+    stored = journal_record(event, OPTIONS, delivery="api")
+    assert orjson.loads(stored.json) == normalize(event, OPTIONS, delivery="api")
+    assert (stored.event_id, stored.event_type) == (event["id"], "authentication.password_failed")
+    assert stored.created_at == datetime(2023, 4, 28, 20, 5, 31, 93000, tzinfo=UTC).timestamp()
+
+
 def test_created_at_of_the_legacy_docs_sample_is_utc() -> None:
-    assert (
-        created_at_epoch(SAMPLES["legacy_created_at"])
-        == datetime(2023, 4, 28, 20, 5, 31, 93000, tzinfo=UTC).timestamp()
-    )
+    stored = journal_record(SAMPLES["legacy_created_at"], OPTIONS, delivery="webhook")
+    assert stored.created_at == datetime(2023, 4, 28, 20, 5, 31, 93000, tzinfo=UTC).timestamp()
 
 
 # --- Invalid events -------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from forwarder.catalog import KNOWN_EVENT_TYPES
 from forwarder.config import ConfigError, duration
 from forwarder.delivery import backoff_delay
 from forwarder.journal import Journal, JournalUnavailable, NewRecord
-from forwarder.normalize import InvalidEvent, NormalizeOptions, created_at_epoch, normalize
+from forwarder.normalize import InvalidEvent, NormalizeOptions, journal_record
 
 logger = logging.getLogger("forwarder.events_api")
 
@@ -478,14 +478,13 @@ class EventsSync:
         invalid = 0
         for event in events:
             try:
-                record = normalize(event, self._options, delivery="api")
+                record = journal_record(event, self._options, delivery="api")
             except InvalidEvent as exc:
                 invalid += 1
                 logger.error("Events API returned something that is not an event", extra={"error": str(exc)})
                 continue
-            created = created_at_epoch(event)
-            key = (round(created * 1000) if created is not None else 0, event["id"])
-            rows.append((key, NewRecord(event["id"], event["event"], created, orjson.dumps(record))))
+            created = record.created_at
+            rows.append(((round(created * 1000) if created is not None else 0, record.event_id), record))
         received = [key for key, _ in rows]
         rows.sort(key=lambda row: row[0])
         marks = [Mark(ms, event_id) for (ms, event_id), _ in rows if ms > 0]

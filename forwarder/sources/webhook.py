@@ -19,9 +19,9 @@ from typing import Any
 import orjson
 
 from forwarder import metrics
-from forwarder.journal import Journal, JournalUnavailable, NewRecord
+from forwarder.journal import Journal, JournalUnavailable
 from forwarder.logs import RateLimitedLog
-from forwarder.normalize import InvalidEvent, NormalizeOptions, created_at_epoch, normalize
+from forwarder.normalize import InvalidEvent, NormalizeOptions, journal_record
 from forwarder.signature import SignatureError, Verifier
 
 Scope = MutableMapping[str, Any]
@@ -149,18 +149,14 @@ class WebhookEndpoint:
             )
             raise _Rejected(401, exc.reason, exc.detail) from None
         try:
-            event = orjson.loads(raw)
-            record = normalize(event, self._options, delivery="webhook")
+            record = journal_record(orjson.loads(raw), self._options, delivery="webhook")
         except (orjson.JSONDecodeError, InvalidEvent) as exc:
             detail = "body is not JSON" if isinstance(exc, orjson.JSONDecodeError) else str(exc)
             self._warn.warning("bad_request", "verified webhook is not an event", detail=detail)
             raise _Rejected(400, "bad_request", detail) from None
-        event_id = event["id"]
-        created_at = created_at_epoch(event)
+        event_id, created_at = record.event_id, record.created_at
         try:
-            fresh = await self._journal.append_one(
-                NewRecord(event_id, event["event"], created_at, orjson.dumps(record))
-            )
+            fresh = await self._journal.append_one(record)
         except JournalUnavailable as exc:
             self._warn.warning("unavailable", "webhook not stored", event_id=event_id, error=str(exc))
             self._results["unavailable"].inc()
