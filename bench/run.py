@@ -144,6 +144,7 @@ class Server:
     port: int
     delivers: bool = False
     """Whether this service delivers to the intake double (the Datadog sink is on)."""
+    startup_timeout_s: float = 30.0
     intake_base: int = 0
     """Records the intake double held before this service started (it outlives services)."""
     proc: subprocess.Popen[bytes] | None = None
@@ -162,7 +163,7 @@ class Server:
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
             )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: see {self.workdir / f'{self.name}.stderr.log'}")
@@ -175,7 +176,7 @@ class Server:
             except (OSError, httpx.HTTPError):
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"{self.name} did not start within 30 s")
+        raise RuntimeError(f"{self.name} did not start within {self.startup_timeout_s:g} s")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -213,6 +214,24 @@ def commit_note(
         f"group commits {count / seconds:,.0f}/s, {events / count:.1f} events and"
         f" {took / count * 1000:.2f} ms each"
     )
+
+
+def service_env(data_dir: Path, port: int) -> dict[str, str]:
+    """The service's environment for a run: the Prometheus sink on, every other sink off."""
+    return {
+        **os.environ,
+        "WORKOS_WEBHOOK_SECRET": SECRET,
+        "FORWARDER_PORT": str(port),
+        "FORWARDER_DATA_DIR": str(data_dir),
+        "FORWARDER_SIGNATURE_TOLERANCE": "24h",
+        "JSONL_OUTPUT": "off",
+        "PROMETHEUS_SINK": "on",
+        # Only the sinks and sources under test, whatever this shell exports.
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "",
+        "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "",
+        "WORKOS_API_KEY": "",
+        "DD_API_KEY": "",
+    }
 
 
 class Intake:
@@ -323,20 +342,7 @@ class Bench:
     def service_env(
         self, data_dir: Path, port: int, extra: Mapping[str, str] | None = None
     ) -> dict[str, str]:
-        env = {
-            **os.environ,
-            "WORKOS_WEBHOOK_SECRET": SECRET,
-            "FORWARDER_PORT": str(port),
-            "FORWARDER_DATA_DIR": str(data_dir),
-            "FORWARDER_SIGNATURE_TOLERANCE": "24h",
-            "JSONL_OUTPUT": "off",
-            "PROMETHEUS_SINK": "on",
-            # Only the sinks and sources under test, whatever this shell exports.
-            "OTEL_EXPORTER_OTLP_ENDPOINT": "",
-            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "",
-            "WORKOS_API_KEY": "",
-            "DD_API_KEY": "",
-        }
+        env = service_env(data_dir, port)
         if self.with_datadog:
             env["DD_API_KEY"] = "bench-api-key"
             env["DD_LOGS_URL"] = f"{self.intake.url}/api/v2/logs"
