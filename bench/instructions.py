@@ -8,8 +8,10 @@ Under callgrind the floor (``bench/floor.py``) and the forwarder (SQLite journal
 ``--requests`` and three times as many pre-signed webhooks at a fixed rate that keeps
 them busy, so commits are grouped as under load. The difference of the two totals,
 divided by the difference in requests, is what one request costs: start-up and shutdown
-cancel out. Kernel work (syscalls, fsync) is not counted. Repeatable within about 1%;
-takes about 3 minutes and needs valgrind (``apt-get install valgrind``).
+cancel out. Delivery is counted the same way with ``bench/drain.py``: a journal filled
+with N and 3N events, drained or not. Kernel work (syscalls, fsync) is not counted.
+Repeatable within about 1-2%; takes about 5 minutes and needs valgrind
+(``apt-get install valgrind``).
 """
 
 from __future__ import annotations
@@ -18,12 +20,24 @@ import argparse
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from bench.events import write_requests
-from bench.run import SECRET, WEBHOOK_PATH, Server, free_port, loadgen, log, service_env
+from bench.run import (
+    ROOT,
+    SECRET,
+    SERVICE_CORE,
+    WEBHOOK_PATH,
+    Intake,
+    Server,
+    free_port,
+    loadgen,
+    log,
+    service_env,
+)
 
 RATE = 200.0
 """Requests/s: more than either app serves under callgrind (about 50 times slower)."""
@@ -54,6 +68,33 @@ def instructions(app: str, count: int, requests: Path, workdir: Path) -> int:
     return int(found[-1])
 
 
+def drain_instructions(count: int, intake_url: str, workdir: Path, *, fill_only: bool) -> int:
+    """Instructions of ``bench.drain``: filling a journal with ``count`` events (and draining it)."""
+    journal = workdir / f"drain-{count}-{fill_only}.sqlite3"
+    argv = [*VALGRIND, sys.executable, "-m", "bench.drain", str(journal), str(count), intake_url]
+    done = subprocess.run(
+        ["taskset", "-c", SERVICE_CORE, *argv, *(["--fill-only"] if fill_only else [])],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return int(_COLLECTED.findall(done.stderr)[-1])
+
+
+def per_delivered_event(count: int, workdir: Path) -> float:
+    """Draining minus filling, per event: reading, the Datadog and Prometheus sinks, cursors."""
+    log(f"delivery under callgrind: {count} and {3 * count} events")
+    intake = Intake(workdir)
+    try:
+        url = f"{intake.url}/api/v2/logs"
+        costs = {
+            fill_only: [drain_instructions(n, url, workdir, fill_only=fill_only) for n in (count, 3 * count)]
+            for fill_only in (True, False)
+        }
+    finally:
+        intake.stop()
+    drained, filled = costs[False], costs[True]
+    return ((drained[1] - drained[0]) - (filled[1] - filled[0])) / (2 * count)
+
+
 def per_request(app: str, count: int, requests: Path, workdir: Path) -> float:
     log(f"{app} under callgrind: {count} and {3 * count} requests")
     few = instructions(app, count, requests, workdir)
@@ -77,11 +118,13 @@ def main() -> None:
         )
         floor = per_request("floor", args.requests, requests, workdir)
         forwarder = per_request("forwarder", args.requests, requests, workdir)
+        delivery = per_delivered_event(args.requests, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print("| app | instructions per request |\n|---|---:|")
     print(f"| floor (bare ASGI, same server) | {floor:,.0f} |")
     print(f"| forwarder, acknowledgement path (verify, parse, normalize, commit) | {forwarder:,.0f} |")
+    print(f"| forwarder, delivering one event to the Datadog and Prometheus sinks | {delivery:,.0f} |")
     print(f"\nfloor / forwarder: {floor / forwarder:.0%} (the throughput target asks for at least 35%)")
 
 
