@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -42,8 +43,11 @@ class HistogramValue:
         self.sum += amount
 
 
-class LoopCounter:
-    """``prometheus_client.Counter`` for one thread: ``labels(...).inc()``."""
+V = TypeVar("V", CounterValue, HistogramValue)
+
+
+class _LoopMetric(Generic[V]):
+    """Name, help and label names, and one value per label values, made on first use."""
 
     def __init__(
         self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
@@ -51,16 +55,26 @@ class LoopCounter:
         self._name = name
         self._documentation = documentation
         self._labelnames = tuple(labelnames)
-        self._values: dict[tuple[str, ...], CounterValue] = {}
+        self._values: dict[tuple[str, ...], V] = {}
         registry.register(self)
 
-    def labels(self, *values: str) -> CounterValue:
+    def labels(self, *values: str) -> V:
         value = self._values.get(values)
         if value is None:
             if len(values) != len(self._labelnames):
                 raise ValueError(f"{self._name} takes labels {self._labelnames}, got {values}")
-            value = self._values[values] = CounterValue()
+            value = self._values[values] = self._new_value()
         return value
+
+    def _new_value(self) -> V:
+        raise NotImplementedError
+
+
+class LoopCounter(_LoopMetric[CounterValue]):
+    """``prometheus_client.Counter`` for one thread: ``labels(...).inc()``."""
+
+    def _new_value(self) -> CounterValue:
+        return CounterValue()
 
     def collect(self) -> Iterable[Metric]:
         family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
@@ -69,7 +83,7 @@ class LoopCounter:
         return [family]
 
 
-class LoopHistogram:
+class LoopHistogram(_LoopMetric[HistogramValue]):
     """``prometheus_client.Histogram`` for one thread: ``observe()`` or ``labels(...).observe()``."""
 
     def __init__(
@@ -80,20 +94,11 @@ class LoopHistogram:
         registry: CollectorRegistry,
         labelnames: Sequence[str] = (),
     ) -> None:
-        self._name = name
-        self._documentation = documentation
-        self._labelnames = tuple(labelnames)
         self._bounds = (*sorted(buckets), float("inf"))
-        self._values: dict[tuple[str, ...], HistogramValue] = {}
-        registry.register(self)
+        super().__init__(name, documentation, labelnames, registry)
 
-    def labels(self, *values: str) -> HistogramValue:
-        value = self._values.get(values)
-        if value is None:
-            if len(values) != len(self._labelnames):
-                raise ValueError(f"{self._name} takes labels {self._labelnames}, got {values}")
-            value = self._values[values] = HistogramValue(self._bounds)
-        return value
+    def _new_value(self) -> HistogramValue:
+        return HistogramValue(self._bounds)
 
     def observe(self, amount: float) -> None:
         self.labels().observe(amount)
