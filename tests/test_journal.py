@@ -1,4 +1,4 @@
-"""The journal's retention on a real SQLite file: what is pruned, and what must stay."""
+"""The journal on a real SQLite file: which records are new, what is pruned, and what must stay."""
 
 from __future__ import annotations
 
@@ -38,3 +38,21 @@ async def test_concurrent_single_appends_share_a_write_and_each_gets_its_own_out
     assert outcomes == [True, False, True]  # the same id twice in one write: stored once
     assert [entry.event_id for entry in journal.read_after(0, 10)] == ["event_0000", "event_0001"]
     await journal.close()
+
+
+async def check_batch_outcomes(journal: Journal) -> None:
+    """A batch spread over several INSERT statements: ids stored before, or earlier in the
+    same batch, are duplicates; every other record is new and stored once, in order."""
+    await journal.append(records(10))
+    batch = [*records(150)[5:], records(150)[100]]  # 5 stored before; one new id sent twice
+
+    outcomes = await journal.append(batch)
+
+    assert outcomes == [False] * 5 + [True] * 140 + [False]
+    stored = [entry.event_id for entry in journal.read_after(0, 1000)]
+    assert stored == [record.event_id for record in records(150)]
+    await journal.close()
+
+
+async def test_a_large_batch_tells_new_records_from_duplicates(tmp_path: Path) -> None:
+    await check_batch_outcomes(Journal(tmp_path / "journal.sqlite3"))

@@ -15,8 +15,11 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
+from forwarder.engines import engine_for
+from forwarder.journal import Journal
 from tests.samples import make_event
 from tests.service import Service, wait_for
+from tests.test_journal import check_batch_outcomes
 
 StartService = Callable[..., Service]
 SERVER = os.environ.get("FORWARDER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -39,6 +42,10 @@ def pg_url() -> Iterator[str]:
     finally:
         with psycopg.connect(SERVER, autocommit=True) as admin:
             admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+async def test_a_large_batch_tells_new_records_from_duplicates_on_postgres(pg_url: str) -> None:
+    await check_batch_outcomes(Journal(engine_for(pg_url)))
 
 
 def _delivered(*services: Service) -> list[str]:
