@@ -12,6 +12,9 @@ the numbers say what one core of this machine does. Runs, each on a fresh journa
    end-to-end rate: events the intake counted, over the time from the start of the load
    until the intake has them all.
    ingest: the same with every sink off, to show what verifying and committing alone cost.
+   postgres: the same with the journal on PostgreSQL (``--postgres``, in a schema of its own,
+   dropped afterwards), the engine for several replicas. The database server is not pinned:
+   it shares both cores with everything else, as it would a host.
 3. fixed rate: ``bench/loadgen.py`` at 5,000 requests/s (open loop) for p99 latency.
 4. dead sink: the intake answers 503, the generator sends 2,000 requests/s for 10 minutes
    (``--dead-sink-duration``) while RSS is sampled every second; then the intake recovers and
@@ -45,9 +48,11 @@ from datetime import datetime, timedelta
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
+import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.events import write_requests
@@ -410,6 +415,26 @@ class Bench:
             "forwarder, wrk closed loop, no sinks", "ingest", {"PROMETHEUS_SINK": "off", "DD_API_KEY": ""}
         )
 
+    # 2c
+    def postgres(self) -> None:
+        """The same run with the journal on PostgreSQL, in a schema of its own."""
+        server = self.args.postgres
+        schema = f"workos_bench_{os.getpid()}"
+        try:
+            with psycopg.connect(server, autocommit=True, connect_timeout=3) as admin:
+                admin.execute(f"CREATE SCHEMA {schema}")
+        except psycopg.OperationalError as exc:
+            log(f"postgres: skipped, PostgreSQL is not reachable at {server}: {exc}")
+            return
+        try:
+            url = f"{server}?options={quote(f'-csearch_path={schema}')}"
+            self._closed_loop(
+                "forwarder, wrk closed loop, PostgreSQL journal", "postgres", {"FORWARDER_JOURNAL_URL": url}
+            )
+        finally:
+            with psycopg.connect(server, autocommit=True) as admin:
+                admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
     def _closed_loop(self, title: str, name: str, extra: Mapping[str, str] | None = None) -> None:
         log(f"{name}: wrk, {self.args.connections} connections, {self.args.duration:g} s")
         server = self.start_service(name, extra)
@@ -641,12 +666,13 @@ class Bench:
     def run(self) -> None:
         runs = set(self.args.runs.split(","))
         self.warmup_file = self.requests(60_000)
-        if runs & {"floor", "throughput", "ingest"}:
+        if runs & {"floor", "throughput", "ingest", "postgres"}:
             self.throughput_file = self.requests(int(MAX_EXPECTED_RATE * self.args.duration))
         for name, step in (
             ("floor", self.floor),
             ("throughput", self.throughput),
             ("ingest", self.ingest_only),
+            ("postgres", self.postgres),
             ("fixed", self.fixed_rate),
             ("dead", self.dead_sink),
             ("backfill", self.backfill),
@@ -734,7 +760,14 @@ def main() -> None:
     parser.add_argument("--drain-timeout", type=float, default=900.0, help="seconds to wait for the drain")
     parser.add_argument("--backfill-events", type=int, default=100_000, help="events to backfill [100000]")
     parser.add_argument(
-        "--runs", default="floor,throughput,ingest,fixed,dead,backfill", help="comma-separated subset to run"
+        "--runs",
+        default="floor,throughput,ingest,postgres,fixed,dead,backfill",
+        help="comma-separated subset to run",
+    )
+    parser.add_argument(
+        "--postgres",
+        default="postgresql://postgres@127.0.0.1:5432/test",
+        help="PostgreSQL server for the postgres run (a schema is created and dropped)",
     )
     parser.add_argument("--profile", metavar="DIR", help="py-spy record the throughput run into DIR")
     parser.add_argument("--workdir", type=Path, help="keep journals and logs here (default: a temp dir)")
