@@ -282,7 +282,7 @@ class Journal:
         while start < len(records):
             # Power-of-two chunks: a few statement shapes to cache, a few statements a commit.
             size = min(_MAX_INSERT_ROWS, 1 << ((len(records) - start).bit_length() - 1))
-            params = []
+            params: list[Any] = []
             for rec in records[start : start + size]:
                 params += (rec.event_id, rec.event_type, rec.created_at, now, rec.json)
             inserted.update(row[0] for row in tx.execute(_insert_events(size), params).fetchall())
