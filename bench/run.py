@@ -48,7 +48,6 @@ from datetime import datetime, timedelta
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import orjson
@@ -57,6 +56,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.events import write_requests
 from tests.doubles.workos_api import API_KEY
+from tests.postgres import scratch_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -419,21 +419,15 @@ class Bench:
     def postgres(self) -> None:
         """The same run with the journal on PostgreSQL, in a schema of its own."""
         server = self.args.postgres
-        schema = f"workos_bench_{os.getpid()}"
-        try:
-            with psycopg.connect(server, autocommit=True, connect_timeout=3) as admin:
-                admin.execute(f"CREATE SCHEMA {schema}")
-        except psycopg.OperationalError as exc:
-            log(f"postgres: skipped, PostgreSQL is not reachable at {server}: {exc}")
-            return
-        try:
-            url = f"{server}?options={quote(f'-csearch_path={schema}')}"
+        with contextlib.ExitStack() as stack:
+            try:
+                url = stack.enter_context(scratch_schema(server, f"workos_bench_{os.getpid()}"))
+            except psycopg.OperationalError as exc:
+                log(f"postgres: skipped, PostgreSQL is not reachable at {server}: {exc}")
+                return
             self._closed_loop(
                 "forwarder, wrk closed loop, PostgreSQL journal", "postgres", {"FORWARDER_JOURNAL_URL": url}
             )
-        finally:
-            with psycopg.connect(server, autocommit=True) as admin:
-                admin.execute(f"DROP SCHEMA {schema} CASCADE")
 
     def _closed_loop(self, title: str, name: str, extra: Mapping[str, str] | None = None) -> None:
         log(f"{name}: wrk, {self.args.connections} connections, {self.args.duration:g} s")

@@ -6,17 +6,18 @@ Each test works in a schema of its own, dropped afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import uuid
 from collections.abc import Callable, Iterator
-from urllib.parse import quote
 
 import psycopg
 import pytest
 
 from forwarder.engines import engine_for
 from forwarder.journal import Journal
+from tests.postgres import scratch_schema
 from tests.samples import make_event
 from tests.service import Service, wait_for
 from tests.test_journal import check_batch_outcomes
@@ -27,21 +28,15 @@ SERVER = os.environ.get("FORWARDER_TEST_POSTGRES", "postgresql://postgres@127.0.
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    try:
-        admin = psycopg.connect(SERVER, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        reason = f"PostgreSQL is not reachable at {SERVER}: {exc}"
-        if os.environ.get("FORWARDER_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"FORWARDER_REQUIRE_SERVICES=1 but {reason}")
-        pytest.skip(f"SKIPPING POSTGRESQL TESTS: {reason}")
-    schema = f"forwarder_test_{uuid.uuid4().hex[:12]}"
-    with admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{SERVER}?options={quote(f'-csearch_path={schema}')}"
-    finally:
-        with psycopg.connect(SERVER, autocommit=True) as admin:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(scratch_schema(SERVER, f"forwarder_test_{uuid.uuid4().hex[:12]}"))
+        except psycopg.OperationalError as exc:
+            reason = f"PostgreSQL is not reachable at {SERVER}: {exc}"
+            if os.environ.get("FORWARDER_REQUIRE_SERVICES") == "1":
+                pytest.fail(f"FORWARDER_REQUIRE_SERVICES=1 but {reason}")
+            pytest.skip(f"SKIPPING POSTGRESQL TESTS: {reason}")
+        yield url
 
 
 async def test_a_large_batch_tells_new_records_from_duplicates_on_postgres(pg_url: str) -> None:
