@@ -12,12 +12,15 @@ import random
 import signal
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.doubles.datadog_intake import DatadogIntake
+from tests.reliability.conftest import MountTmpfs, resize_tmpfs, services_required
 from tests.reliability.load import Loader, accounting, read_jsonl, wait_all_arrived
+from tests.samples import make_event
 from tests.service import Service, wait_for
 
 StartService = Callable[..., Service]
@@ -125,4 +128,160 @@ def test_sigstop_then_sigcont_loses_nothing_and_answers_again(
         answering_again_after_s=round(answering_after, 2),
         jsonl=accounting(acked, read_jsonl(service.jsonl).ids),
         datadog=accounting(acked, intake.ids()),
+    )
+
+
+# --- 3. The disk full under load ------------------------------------------------------------------
+
+
+def _fill(directory: Path, name: str = "filler") -> Path:
+    """Write zeros into ``directory`` until the filesystem refuses (ENOSPC); return the file."""
+    filler = directory / name
+    chunk = b"\0" * 65536
+    with open(filler, "wb") as out:
+        for _ in range(100_000):
+            try:
+                out.write(chunk)
+                out.flush()
+            except OSError:
+                break
+    return filler
+
+
+def _post_n(service: Service, count: int) -> list[int]:
+    return [service.post(make_event("user.updated")).status_code for _ in range(count)]
+
+
+def test_disk_full_answers_503_never_200_and_recovers_when_space_returns(
+    start_service: StartService, intake: DatadogIntake, mount_tmpfs: MountTmpfs, tmp_path: Path
+) -> None:
+    """Promise: a webhook is answered 200 only once stored; a full disk gives 503, and space returning heals.
+
+    The SQLite journal lives on a 2 MB tmpfs (the JSONL file and logs elsewhere). Under load
+    (about 300 events/s) the disk fills: from then on webhooks get 503 with Retry-After and
+    /readyz fails. The tmpfs is then grown to 64 MB (what an operator freeing space does):
+    webhooks get 200 again within 20 s, and every id ever acknowledged, before and after,
+    reaches the JSONL file and the Datadog intake.
+
+    Without permission to mount, the same with FORWARDER_JOURNAL_MAX_BYTES=1000000 and a
+    restart with a larger cap (only when FORWARDER_REQUIRE_SERVICES=1; skipped otherwise).
+    """
+    disk = tmp_path / "disk"
+    problem = mount_tmpfs(disk, "2m")
+    if problem is not None and not services_required():
+        pytest.skip(f"SKIPPING DISK-FULL TEST: cannot mount a tmpfs ({problem}); run as root")
+    if problem is None:
+        service = start_service(FORWARDER_DATA_DIR=str(disk), **datadog_env(intake.url))
+    else:
+        service = start_service(FORWARDER_JOURNAL_MAX_BYTES="1000000", **datadog_env(intake.url))
+
+    with Loader([service], rate_per_s=300, timeout_s=5) as loader:
+        wait_for(lambda: loader.summary().get("503", 0) > 0, timeout=40, what="the first 503 (disk full)")
+        acked_at_full = len(loader.acknowledged())
+        time.sleep(1)
+        while_full = _post_n(service, 10)
+        ready = httpx.get(f"{service.url}/readyz", timeout=5)
+        full_status = service.status()["journal"]
+        if problem is None:
+            resize_tmpfs(disk, "64m")
+        else:
+            service.stop()
+            service.env["FORWARDER_JOURNAL_MAX_BYTES"] = "64000000"
+            service.start()
+        healed = time.monotonic()
+        wait_for(
+            lambda: _post_n(service, 1) == [200], timeout=20, interval=0.5, what="200 once space returned"
+        )
+        healed_after = time.monotonic() - healed
+        acked_before_heal = len(loader.acknowledged())
+        time.sleep(2)
+    acked = loader.acknowledged()
+
+    assert while_full == [503] * 10, f"answers while the disk was full: {while_full}"
+    assert ready.status_code == 503, ready.text
+    assert len(acked) > acked_before_heal, "nothing acknowledged after space returned"
+    wait_all_arrived(acked, lambda: read_jsonl(service.jsonl).ids, timeout=30, what="jsonl")
+    wait_all_arrived(acked, intake.ids, timeout=30, what="datadog")
+    report(
+        "disk full",
+        how="tmpfs 2m -> 64m" if problem is None else "FORWARDER_JOURNAL_MAX_BYTES 1e6 -> 64e6",
+        outcomes=loader.summary(),
+        acked_at_first_503=acked_at_full,
+        journal_when_full=full_status,
+        readyz_when_full=ready.json(),
+        accepting_again_after_s=round(healed_after, 2),
+        jsonl=accounting(acked, read_jsonl(service.jsonl).ids),
+        datadog=accounting(acked, intake.ids()),
+    )
+
+
+# --- 4. The JSONL file unwritable -----------------------------------------------------------------
+
+
+def test_unwritable_jsonl_file_shows_in_status_others_deliver_and_it_catches_up(
+    start_service: StartService, intake: DatadogIntake, mount_tmpfs: MountTmpfs, tmp_path: Path
+) -> None:
+    """Promise: a sink that cannot write holds back only itself, says so, and catches up without loss.
+
+    JSONL_OUTPUT is a file on a 1 MB tmpfs, filled to the last byte by another file, so
+    every write fails with ENOSPC (root ignores file modes; a full filesystem refuses root
+    too). Under load: the Datadog intake still gets every acknowledged event; /status shows
+    the jsonl sink failing (``failing_since``, ``last_error`` naming the write error, growing
+    ``lag_events``) and /metrics counts its failures. Once the filler is deleted, every
+    acknowledged id arrives in the file, each on a whole, parseable line.
+    """
+    disk = tmp_path / "jsonl-disk"
+    problem = mount_tmpfs(disk, "1m")
+    if problem is not None:
+        message = f"cannot mount a tmpfs ({problem}); the JSONL write-error test needs one"
+        if services_required():
+            pytest.fail(f"FORWARDER_REQUIRE_SERVICES=1 but {message}")
+        pytest.skip(f"SKIPPING UNWRITABLE-JSONL TEST: {message}")
+    output = disk / "records.jsonl"
+    service = start_service(JSONL_OUTPUT=str(output), **datadog_env(intake.url))
+    filler = _fill(disk)
+
+    with Loader([service], rate_per_s=100, timeout_s=5) as loader:
+        failing = wait_for(
+            lambda: (jsonl := service.status()["sinks"]["jsonl"])["failing_since"] and jsonl,
+            timeout=15,
+            what="the jsonl sink failing in /status",
+        )
+        time.sleep(3)
+        acked_while_failing = loader.acknowledged()
+        wait_all_arrived(acked_while_failing, intake.ids, timeout=10, what="datadog while jsonl fails")
+        lagging = service.status()["sinks"]["jsonl"]
+        failures = service.metric("workos_forwarder_sink_failures_total", sink="jsonl", kind="retryable")
+        lag_metric = service.metric("workos_forwarder_sink_lag_events", sink="jsonl")
+        filler.unlink()
+        recovered = time.monotonic()
+        wait_for(
+            lambda: service.status()["sinks"]["jsonl"]["failing_since"] is None,
+            timeout=40,
+            what="the jsonl sink to recover",
+        )
+        recovered_after = time.monotonic() - recovered
+        time.sleep(1)
+    acked = loader.acknowledged()
+
+    assert "No space left" in (failing["last_error"] or ""), failing
+    assert lagging["lag_events"] > 0, lagging
+    assert failures > 0 and lag_metric > 0, (failures, lag_metric)
+    wait_all_arrived(acked, lambda: read_jsonl(output).ids, timeout=30, what="jsonl after recovery")
+    wait_all_arrived(acked, intake.ids, timeout=30, what="datadog")
+    jsonl = read_jsonl(output)
+    report(
+        "jsonl unwritable",
+        outcomes=loader.summary(),
+        jsonl_status_while_failing={k: lagging[k] for k in ("last_error", "lag_events", "healthy")},
+        failures_metric=failures,
+        lag_metric=lag_metric,
+        recovered_after_s=round(recovered_after, 2),
+        jsonl=accounting(acked, jsonl.ids),
+        datadog=accounting(acked, intake.ids()),
+        jsonl_bad_lines=len(jsonl.bad_lines),
+    )
+    assert not jsonl.bad_lines, (
+        f"{len(jsonl.bad_lines)} JSONL lines a line reader cannot parse after the write errors:"
+        f" {jsonl.bad_lines[:2]}"
     )
