@@ -6,10 +6,14 @@ Modes (``proxy.mode = ...``, applied to every connection accepted afterwards; ca
 * ``pass``: bytes flow both ways, unchanged, to ``upstream`` (a real intake or receiver);
 * ``hang``: accepts the connection, reads the request and never answers;
 * ``trickle``: answers ``HTTP/1.1 202`` one byte every ``trickle_delay_s`` and never
-  finishes (an endless header), so each read succeeds and only a deadline on the whole
-  request can end it; nothing reaches the upstream;
-* ``cut``: reads the request, sends the first bytes of a response and closes the
-  connection mid-response; nothing reaches the upstream.
+  finishes (an endless header after ``Content-Length: 64``), so each read succeeds and only
+  a deadline on the whole request can end it; nothing reaches the upstream; a client cut
+  off it sees an incomplete response, never a success;
+* ``cut``: reads the request, sends a ``202`` status line and headers announcing a body,
+  part of that body, and closes the connection; nothing reaches the upstream;
+* ``cut_headers``: the same, closing in the middle of the headers (before the blank line).
+  Python's ``http.client`` (under ``requests``) takes end of file there for the end of the
+  headers and returns the ``202``; ``h11`` (under ``httpx``) raises.
 
 Plain threads and blocking sockets, so it misbehaves at the TCP level and is not
 constrained by any HTTP framework. Every thread ends when ``stop()`` closes its sockets.
@@ -26,10 +30,11 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Literal, Self
 
-Mode = Literal["pass", "hang", "trickle", "cut"]
+Mode = Literal["pass", "hang", "trickle", "cut", "cut_headers"]
 
-TRICKLE_HEAD = b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nX-Trickle: "
+TRICKLE_HEAD = b"HTTP/1.1 202 Accepted\r\nContent-Length: 64\r\nContent-Type: application/json\r\nX-Trickle: "
 CUT_RESPONSE = b'HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n{"sta'
+CUT_HEADERS_RESPONSE = b"HTTP/1.1 202 Accepted\r\nContent-Type: applica"
 
 
 class MisbehavingProxy:
@@ -45,7 +50,7 @@ class MisbehavingProxy:
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
-        self.accepted: dict[str, int] = {"pass": 0, "hang": 0, "trickle": 0, "cut": 0}
+        self.accepted: dict[str, int] = {"pass": 0, "hang": 0, "trickle": 0, "cut": 0, "cut_headers": 0}
 
     @property
     def base_url(self) -> str:
@@ -90,7 +95,13 @@ class MisbehavingProxy:
             with self._lock:
                 self.accepted[mode] += 1
                 self._open.add(client)
-            handlers = {"pass": self._pass, "hang": self._hang, "trickle": self._trickle, "cut": self._cut}
+            handlers = {
+                "pass": self._pass,
+                "hang": self._hang,
+                "trickle": self._trickle,
+                "cut": self._cut,
+                "cut_headers": self._cut_headers,
+            }
             threading.Thread(target=self._guarded, args=(handlers[mode], client), daemon=True).start()
 
     def _guarded(self, handler: Callable[[socket.socket], None], client: socket.socket) -> None:
@@ -147,6 +158,10 @@ class MisbehavingProxy:
     def _cut(self, client: socket.socket) -> None:
         if self._read_some(client):
             client.sendall(CUT_RESPONSE)
+
+    def _cut_headers(self, client: socket.socket) -> None:
+        if self._read_some(client):
+            client.sendall(CUT_HEADERS_RESPONSE)
 
     def _pass(self, client: socket.socket) -> None:
         upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)

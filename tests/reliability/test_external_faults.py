@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,8 @@ import httpx
 import pytest
 
 from tests.doubles.datadog_intake import DatadogIntake
+from tests.doubles.misbehaving_server import MisbehavingProxy, Mode
+from tests.doubles.otlp_receiver import OtlpReceiver
 from tests.reliability.conftest import MountTmpfs, resize_tmpfs, services_required
 from tests.reliability.load import Loader, accounting, read_jsonl, wait_all_arrived
 from tests.samples import make_event
@@ -35,6 +38,10 @@ def intake() -> Iterator[DatadogIntake]:
 
 def datadog_env(url: str) -> dict[str, str]:
     return {"DD_API_KEY": API_KEY, "DD_LOGS_URL": url, "DD_BATCH_LINGER": "200ms"}
+
+
+def jsonl_ids(path: Path) -> Callable[[], list[str]]:
+    return lambda: read_jsonl(path).ids
 
 
 def report(name: str, **numbers: object) -> None:
@@ -285,3 +292,188 @@ def test_unwritable_jsonl_file_shows_in_status_others_deliver_and_it_catches_up(
         f"{len(jsonl.bad_lines)} JSONL lines a line reader cannot parse after the write errors:"
         f" {jsonl.bad_lines[:2]}"
     )
+
+
+# --- 5. Endpoints that accept and never answer, answer byte by byte, close mid-response -----------
+
+SHUTDOWN_TIMEOUT_S = 3
+OTLP_TIMEOUT_S = 3
+# The Datadog sink's own request timeout is 30 s (sinks/datadog.py REQUEST_TIMEOUT); allow 15 s more.
+FAILING_SHOWN_WITHIN_S = 45
+
+
+def _failing(service: Service, sink: str) -> bool:
+    status = service.status()["sinks"][sink]
+    return status["failing_since"] is not None or not status["healthy"]
+
+
+TRICKLE_NEVER_TIMES_OUT = pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "product bug: no deadline on a whole request. httpx's read timeout (Datadog, 30 s) and requests'"
+        " timeout (OTLP) apply to each read, so an endpoint sending one byte every 0.1 s holds the sink"
+        " forever with no error in /status. Repro: this test, mode=trickle (the sinks never show failing)."
+    ),
+)
+
+
+@pytest.mark.parametrize("mode", ["hang", pytest.param("trickle", marks=TRICKLE_NEVER_TIMES_OUT), "cut"])
+def test_misbehaving_endpoint_holds_back_only_its_sink_and_every_wait_is_bounded(
+    start_service: StartService, intake: DatadogIntake, mode: Mode
+) -> None:
+    """Promise: a destination that misbehaves at the TCP level stalls nothing else, and no wait is unbounded.
+
+    The Datadog and the OTLP sink both post through a proxy (tests/doubles/misbehaving_server.py)
+    that, per ``mode``, accepts and never answers (``hang``), answers one byte every 0.1 s
+    without end (``trickle``), or sends its headers and half the body and closes (``cut``).
+    Under load:
+    * webhooks are still answered (each within 1 s) and the JSONL file gets every
+      acknowledged event within 5 s;
+    * each bad sink shows as failing in /status (``failing_since`` or ``healthy: false``)
+      within 45 s (the Datadog sink's own request timeout is 30 s, OTLP's is set to 3 s);
+    * once the proxy passes traffic again, every acknowledged event arrives at both
+      destinations, without a restart;
+    * misbehaving again, SIGTERM ends the process within 2 x FORWARDER_SHUTDOWN_TIMEOUT + 5 s;
+      restarted, it delivers everything acknowledged.
+    """
+    problems: list[str] = []
+    with (
+        OtlpReceiver() as receiver,
+        MisbehavingProxy(intake.port, mode=mode) as dd_proxy,
+        MisbehavingProxy(receiver.port, mode=mode) as otlp_proxy,
+    ):
+        env = {
+            **datadog_env(f"{dd_proxy.base_url}/api/v2/logs"),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_proxy.base_url,
+            "OTEL_EXPORTER_OTLP_TIMEOUT": str(OTLP_TIMEOUT_S),
+            "FORWARDER_SHUTDOWN_TIMEOUT": f"{SHUTDOWN_TIMEOUT_S}s",
+        }
+        service = start_service(**env)
+        destinations = (("jsonl", jsonl_ids(service.jsonl)), ("datadog", intake.ids), ("otlp", receiver.ids))
+        with Loader([service], rate_per_s=50, timeout_s=5) as loader:
+            time.sleep(3)
+            first = loader.acknowledged()
+            jsonl_after = wait_all_arrived(first, jsonl_ids(service.jsonl), timeout=5, what="jsonl")
+            shown: dict[str, float | None] = {"datadog": None, "otlp": None}
+            started = time.monotonic()
+            while time.monotonic() - started < FAILING_SHOWN_WITHIN_S and None in shown.values():
+                for sink in shown:
+                    if shown[sink] is None and _failing(service, sink):
+                        shown[sink] = round(time.monotonic() + 3 - started, 1)
+                time.sleep(0.5)
+            problems += [
+                f"{sink} not shown failing within {FAILING_SHOWN_WITHIN_S + 3} s of the first request"
+                for sink, after in shown.items()
+                if after is None
+            ]
+            statuses = {sink: service.status()["sinks"][sink] for sink in shown}
+            slowest_answer = max(loader.latencies, default=0.0)
+            if slowest_answer > 1.0:
+                problems.append(f"a webhook took {slowest_answer:.2f} s to be answered while sinks stalled")
+            stalled = loader.acknowledged()
+            try:
+                wait_all_arrived(stalled, lambda: read_jsonl(service.jsonl).ids, timeout=5, what="jsonl")
+            except AssertionError as exc:
+                problems.append(str(exc))
+
+            for proxy in (dd_proxy, otlp_proxy):
+                proxy.mode = "pass"
+                proxy.reset()
+            healed = time.monotonic()
+            time.sleep(1)
+        acked = loader.acknowledged()
+        for name, ids in destinations[1:]:
+            try:
+                wait_all_arrived(acked, ids, timeout=45, what=f"{name} once the endpoint behaves")
+            except AssertionError as exc:
+                problems.append(str(exc))
+        recovered_after = round(time.monotonic() - healed, 1)
+
+        for proxy in (dd_proxy, otlp_proxy):
+            proxy.mode = mode
+            proxy.reset()
+        late = [make_event("user.deleted") for _ in range(20)]
+        assert [service.post(event).status_code for event in late] == [200] * 20
+        acked += [event["id"] for event in late]
+        time.sleep(2)
+        stopping = time.monotonic()
+        try:
+            service.stop(signal.SIGTERM, timeout=2 * SHUTDOWN_TIMEOUT_S + 5)
+        except subprocess.TimeoutExpired:
+            problems.append(f"SIGTERM did not end the service within {2 * SHUTDOWN_TIMEOUT_S + 5} s")
+            service.stop(signal.SIGKILL)
+        stopped_after = round(time.monotonic() - stopping, 1)
+
+        for proxy in (dd_proxy, otlp_proxy):
+            proxy.mode = "pass"
+            proxy.reset()
+        service.start()
+        destinations = (("jsonl", jsonl_ids(service.jsonl)), ("datadog", intake.ids), ("otlp", receiver.ids))
+        for name, ids in destinations:
+            try:
+                wait_all_arrived(acked, ids, timeout=30, what=f"{name} after a restart")
+            except AssertionError as exc:
+                problems.append(str(exc))
+        report(
+            f"endpoint {mode}",
+            outcomes=loader.summary(),
+            jsonl_within_s=round(jsonl_after, 2),
+            shown_failing_after_s=shown,
+            last_errors={sink: statuses[sink]["last_error"] for sink in statuses},
+            slowest_webhook_s=round(slowest_answer, 3),
+            delivered_after_heal_s=recovered_after,
+            sigterm_exit_s=stopped_after,
+            connections=(dd_proxy.accepted, otlp_proxy.accepted),
+            jsonl=accounting(acked, read_jsonl(service.jsonl).ids),
+            datadog=accounting(acked, intake.ids()),
+            otlp=accounting(acked, receiver.ids()),
+        )
+    assert not problems, "\n".join([*problems, f"service log: {service.stderr_path}"])
+
+
+OTLP_TAKES_CUT_HEADERS_FOR_SUCCESS = pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "product bug: the OTLP sink counts a 2xx whose headers were cut off as delivered (http.client,"
+        " under requests, takes end of file for the end of the headers), so the batch is silently lost."
+        " Repro: a server answering b'HTTP/1.1 202 Accepted\\r\\nContent-Type: applica' then closing."
+    ),
+)
+
+
+@pytest.mark.parametrize("sink", ["datadog", pytest.param("otlp", marks=OTLP_TAKES_CUT_HEADERS_FOR_SUCCESS)])
+def test_a_response_cut_inside_its_headers_is_not_taken_for_a_delivery(
+    start_service: StartService, intake: DatadogIntake, sink: str
+) -> None:
+    """Promise: only a complete success answer counts as delivered.
+
+    The sink posts through a proxy that answers ``HTTP/1.1 202 Accepted`` and closes inside the
+    headers, never forwarding. 20 events are acknowledged; after 3 s the proxy passes traffic.
+    Every acknowledged id must then arrive at the real destination within 20 s.
+    """
+    with (
+        OtlpReceiver() as receiver,
+        MisbehavingProxy(intake.port if sink == "datadog" else receiver.port, mode="cut_headers") as proxy,
+    ):
+        env = (
+            datadog_env(f"{proxy.base_url}/api/v2/logs")
+            if sink == "datadog"
+            else {"OTEL_EXPORTER_OTLP_ENDPOINT": proxy.base_url, "OTEL_EXPORTER_OTLP_TIMEOUT": "3"}
+        )
+        service = start_service(**env)
+        events = [make_event("user.created") for _ in range(20)]
+        assert [service.post(event).status_code for event in events] == [200] * 20
+        wait_for(lambda: proxy.accepted["cut_headers"] > 0, timeout=10, what="a request cut in its headers")
+        time.sleep(3)
+        proxy.mode = "pass"
+        acked = [event["id"] for event in events]
+        delivered = intake.ids if sink == "datadog" else receiver.ids
+        try:
+            wait_all_arrived(acked, delivered, timeout=20, what=sink)
+        finally:
+            report(
+                f"cut inside headers, {sink}",
+                status=service.status()["sinks"][sink],
+                delivered=accounting(acked, delivered()),
+                connections=proxy.accepted,
+            )
