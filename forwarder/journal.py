@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from forwarder import metrics
+from forwarder import failpoints, metrics
 from forwarder.engines import Engine, Lease, SQLiteEngine
 
 logger = logging.getLogger("forwarder.journal")
@@ -82,23 +82,24 @@ class Stats:
     events: int
     bytes: int
     head: int
+    """The last sequence number handed out, whether or not retention has deleted its record."""
 
 
 class _Tx:
     """One write transaction, shared by every operation of a group commit."""
 
-    __slots__ = ("_conn", "_sql", "backlog")
+    __slots__ = ("_sql", "backlog", "conn")
 
     def __init__(self, conn: Any, sql: Callable[[str], str]) -> None:
-        self._conn = conn
+        self.conn = conn
         self._sql = sql
         self.backlog: int | None = None
 
     def execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
-        return self._conn.execute(self._sql(statement), params)
+        return self.conn.execute(self._sql(statement), params)
 
     def executemany(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
-        cursor = self._conn.cursor()
+        cursor = self.conn.cursor()
         cursor.executemany(self._sql(statement), list(rows))
         cursor.close()
 
@@ -112,6 +113,9 @@ class _Op:
 
 _STOP = object()
 _MAX_INSERT_ROWS = 64
+WRITE_DEADLINE_S = 10.0
+"""How long a caller waits for its write before it gets JournalUnavailable (a webhook: 503)."""
+_WRITER_BACKOFF_S = (0.1, 5.0)
 
 
 @functools.cache
@@ -129,50 +133,126 @@ def _insert_events(rows: int) -> str:
 
 
 class Journal:
-    def __init__(self, engine: Engine | Path, *, backlog_limit: int = 1_000_000) -> None:
+    def __init__(
+        self,
+        engine: Engine | Path,
+        *,
+        backlog_limit: int = 1_000_000,
+        write_deadline_s: float = WRITE_DEADLINE_S,
+    ) -> None:
         self.engine: Engine = SQLiteEngine(engine) if isinstance(engine, Path) else engine
         self.location = self.engine.location
         self._backlog_limit = backlog_limit
+        self._write_deadline = write_deadline_s
         self._local = threading.local()
         self._ops: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._sinks: list[str] = []
         self._subscribers: list[asyncio.Event] = []
         self._waiting: list[tuple[NewRecord, asyncio.Future[bool]]] = []
         self.last_error: str | None = None
+        self._closing = False
         self._writer_conn: Any = self.engine.connect(writer=True)
         self.engine.create_schema(self._writer_conn)
-        self._writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
-        self._writer.start()
+        floor, high_water = self._repair_sequence(_Tx(self._writer_conn, self.engine.sql), begin=True)
+        if high_water < floor:
+            logger.error(
+                "journal sequence was behind the delivery cursors; raised it so new records are delivered",
+                extra={"journal": self.location, "high_water": high_water, "cursor": floor},
+            )
+        self._writer = self._start_writer()
 
     # -- the writer thread ---------------------------------------------------------------
+
+    def _start_writer(self) -> threading.Thread:
+        writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
+        writer.start()
+        return writer
+
+    @property
+    def writer_alive(self) -> bool:
+        return self._writer.is_alive()
+
+    def ensure_writer(self) -> bool:
+        """Start a new writer thread if the last one died; True if it had to (it is counted).
+
+        The writer survives every exception raised while it writes; this is the last line of
+        defence, for what escapes that (a BaseException), checked by the service every second.
+        """
+        if self._closing or self._writer.is_alive():
+            return False
+        logger.error(
+            "the journal writer thread had died; starting a new one", extra={"journal": self.location}
+        )
+        metrics.TASK_RESTARTS.labels("journal-writer").inc()
+        self._writer = self._start_writer()
+        return True
 
     async def _submit(self, fn: Callable[[_Tx], Any]) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._ops.put(_Op(fn, future, loop))
+        self._enqueue(_Op(fn, future, loop))
         return await future
 
+    def _enqueue(self, op: _Op) -> None:
+        """Queue ``op`` for the writer, and give up on it after the write deadline.
+
+        The deadline is the only bound on what a caller awaits: a writer that is stuck
+        (a disk that stopped answering, a lock held elsewhere) or dead answers 503 in bounded
+        time instead of holding every request open. A write that commits after its caller
+        gave up is harmless: the sender retries, and the event id deduplicates it.
+        """
+        if not self._writer.is_alive():
+            op.future.set_exception(JournalUnavailable("the journal writer is not running"))
+            return
+        timer = op.loop.call_later(self._write_deadline, _expire, op.future, self._write_deadline)
+        op.future.add_done_callback(lambda _: timer.cancel())
+        self._ops.put(op)
+
     def _write_loop(self) -> None:
+        """Take what is queued, commit it as one transaction, repeat until ``close``.
+
+        Every exception is caught here: the batch's callers get JournalUnavailable, the
+        failure is logged with its traceback and counted as a restart, and the loop goes on
+        after a backoff. A writer that died would leave every later write waiting.
+        """
+        failures = 0
         while True:
-            first = self._ops.get()
-            if first is _STOP:
-                break
-            batch: list[_Op] = [first]
-            stop_after = False
-            while True:
-                try:
-                    op = self._ops.get_nowait()
-                except queue.Empty:
-                    break
-                if op is _STOP:
-                    stop_after = True
-                    break
-                batch.append(op)
-            self._commit(batch)
+            batch, stop_after = self._take_batch()
+            try:
+                failpoints.hit("journal.writer")
+                self._commit(batch)
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                logger.exception(
+                    "journal writer failed; it goes on after a pause", extra={"journal": self.location}
+                )
+                metrics.TASK_RESTARTS.labels("journal-writer").inc()
+                self._abandon_transaction()
+                self.last_error = f"journal writer failed: {type(exc).__name__}: {exc}"
+                self._settle_all(batch, JournalUnavailable(self.last_error))
+                low, high = _WRITER_BACKOFF_S
+                time.sleep(min(high, low * 2 ** (failures - 1)))
             if stop_after:
                 break
         if self._writer_conn is not None:
             self._writer_conn.close()
+
+    def _take_batch(self) -> tuple[list[_Op], bool]:
+        """Everything queued now (waiting for the first); True if ``close`` came after it."""
+        batch: list[_Op] = []
+        first = self._ops.get()
+        if first is _STOP:
+            return batch, True
+        batch.append(first)
+        while True:
+            try:
+                op = self._ops.get_nowait()
+            except queue.Empty:
+                return batch, False
+            if op is _STOP:
+                return batch, True
+            batch.append(op)
 
     def _commit(self, batch: list[_Op]) -> None:
         outcomes: list[tuple[_Op, Any, BaseException | None]] = []
@@ -201,6 +281,12 @@ class Journal:
             self.last_error = str(exc)
             failure = JournalUnavailable(f"journal write failed: {exc}")
             outcomes = [(op, None, failure) for op in batch]
+        self._deliver_outcomes(outcomes)
+
+    def _settle_all(self, batch: list[_Op], failure: BaseException) -> None:
+        self._deliver_outcomes([(op, None, failure) for op in batch])
+
+    def _deliver_outcomes(self, outcomes: list[tuple[_Op, Any, BaseException | None]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Op, Any, BaseException | None]]] = {}
         for outcome in outcomes:
             by_loop.setdefault(outcome[0].loop, []).append(outcome)
@@ -232,9 +318,72 @@ class Journal:
             event.set()
 
     async def close(self) -> None:
-        """Finish queued writes, then stop the writer thread."""
+        """Finish queued writes, then stop the writer thread (bounded: it is a daemon thread)."""
+        self._closing = True
         self._ops.put(_STOP)
-        await asyncio.to_thread(self._writer.join)
+        await asyncio.to_thread(self._writer.join, self._write_deadline)
+
+    # -- sequence numbers ----------------------------------------------------------------
+
+    def _repair_sequence(self, tx: _Tx, *, begin: bool = False) -> tuple[int, int]:
+        """Raise the sequence above every record and cursor; answers (floor, high water before).
+
+        A sink's cursor says "delivered up to here"; a record numbered at or below it would
+        never be read. Sequence numbers must therefore only grow, whatever retention or a
+        person deletes: this is checked when the journal opens and, through ``check_sequence``,
+        while it runs.
+        """
+        if begin:
+            tx.execute(self.engine.begin)
+            self.engine.serialize_writers(tx.conn)
+        try:
+            floor = int(
+                tx.execute(
+                    "SELECT MAX(high) FROM (SELECT MAX(seq) AS high FROM events"
+                    " UNION ALL SELECT MAX(seq) AS high FROM cursors) AS highs"
+                ).fetchone()[0]
+                or 0
+            )
+            high_water = self.engine.sequence_high_water(tx.conn)
+            if high_water < floor:
+                self.engine.raise_sequence(tx.conn, floor)
+        except BaseException:
+            if begin:
+                tx.execute("ROLLBACK")
+            raise
+        if begin:
+            tx.execute("COMMIT")
+        return floor, high_water
+
+    def sequence_behind(self) -> tuple[int, int] | None:
+        """(highest cursor, sequence high water) when a cursor is above the sequence, else None."""
+        ((cursor,),) = self._read("SELECT MAX(seq) FROM cursors")
+        conn = self._reader()
+        try:
+            high_water = self.engine.sequence_high_water(conn)
+        except self.engine.errors as exc:
+            self._drop_reader(conn)
+            raise JournalUnavailable(f"journal read failed: {exc}") from exc
+        return (int(cursor), high_water) if cursor is not None and cursor > high_water else None
+
+    async def check_sequence(self) -> bool:
+        """Repair, loudly, a sequence found below a delivery cursor while running; True if it was.
+
+        That only happens when someone emptied or recreated the journal's tables by hand (or
+        restarted the sequence): without the repair, every new record would be numbered below
+        the cursors and silently skipped by every sink.
+        """
+        behind = await asyncio.to_thread(self.sequence_behind)
+        if behind is None:
+            return False
+        floor, high_water = await self._submit(self._repair_sequence)
+        if high_water < floor:
+            logger.error(
+                "journal sequence was behind the delivery cursors; raised it so new records are delivered",
+                extra={"journal": self.location, "high_water": high_water, "cursor": floor},
+            )
+            metrics.JOURNAL_SEQUENCE_REPAIRS.inc()
+        return True
 
     # -- writes --------------------------------------------------------------------------
 
@@ -267,7 +416,7 @@ class Journal:
         records = [record for record, _ in waiting]
         written: asyncio.Future[list[bool]] = loop.create_future()
         written.add_done_callback(functools.partial(_settle_each, waiting))
-        self._ops.put(_Op(lambda tx: self._append(tx, records, None), written, loop))
+        self._enqueue(_Op(lambda tx: self._append(tx, records, None), written, loop))
 
     def _append(self, tx: _Tx, records: Sequence[NewRecord], state: Mapping[str, str] | None) -> list[bool]:
         if self._sinks:
@@ -371,6 +520,7 @@ class Journal:
         """
         if not self._sinks:
             return 0
+        failpoints.hit("retention.prune")
         cursors = await asyncio.to_thread(self.cursors)
         low = min(cursors.get(name, 0) for name in self._sinks)
         cutoff = time.time() - older_than_s
@@ -438,11 +588,18 @@ class Journal:
             except self.engine.errors:
                 self._drop_reader(conn)
         try:
-            conn = self._local.conn = self.engine.connect(writer=False)
+            conn = self._reader()
             return conn.execute(sql, params).fetchall()
         except self.engine.errors as exc:
             self._drop_reader(conn)
             raise JournalUnavailable(f"journal read failed: {exc}") from exc
+
+    def _reader(self) -> Any:
+        """This thread's read connection, opened on first use."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self.engine.connect(writer=False)
+        return conn
 
     def _drop_reader(self, conn: Any) -> None:
         self._local.conn = None
@@ -499,9 +656,16 @@ class Journal:
 
     def stats(self) -> Stats:
         """Journal size; ``events`` is the sequence range held, see ``pending``."""
-        ((low, head),) = self._read("SELECT MIN(seq), MAX(seq) FROM events")
-        events = head - low + 1 if head is not None else 0
-        return Stats(events=events, bytes=self.engine.size_bytes(self._local.conn), head=head or 0)
+        ((low, high),) = self._read("SELECT MIN(seq), MAX(seq) FROM events")
+        events = high - low + 1 if high is not None else 0
+        conn = self._reader()
+        try:
+            head = self.engine.sequence_high_water(conn)
+            size = self.engine.size_bytes(conn)
+        except self.engine.errors as exc:
+            self._drop_reader(conn)
+            raise JournalUnavailable(f"journal read failed: {exc}") from exc
+        return Stats(events=events, bytes=size, head=head)
 
     def backlog(self) -> int:
         """Records the slowest registered sink has not delivered yet."""
@@ -513,6 +677,11 @@ class Journal:
     @property
     def backlog_limit(self) -> int:
         return self._backlog_limit
+
+
+def _expire(future: asyncio.Future[Any], deadline: float) -> None:
+    if not future.done():
+        future.set_exception(JournalUnavailable(f"journal write did not finish within {deadline:g} s"))
 
 
 def _settle_each(

@@ -111,3 +111,16 @@ ARRIVAL_DELAY = LoopHistogram(
     registry=REGISTRY,
     labelnames=["path"],
 )
+
+TASK_RESTARTS = Counter(
+    "workos_forwarder_task_restarts",
+    "Background tasks (journal writer, delivery loops, poller, retention) that failed unexpectedly"
+    " and were restarted; the log has each traceback.",
+    ["task"],
+    registry=REGISTRY,
+)
+JOURNAL_SEQUENCE_REPAIRS = Counter(
+    "workos_forwarder_journal_sequence_repairs",
+    "Times the journal's sequence was found below a delivery cursor while running and raised.",
+    registry=REGISTRY,
+)
