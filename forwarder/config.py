@@ -67,6 +67,17 @@ def duration(env: Mapping[str, str], variable: str, default: str) -> float:
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+MAX_RETRY_AFTER_VARIABLE = "FORWARDER_MAX_RETRY_AFTER"
+DEFAULT_MAX_RETRY_AFTER = "5m"
+
+
+def max_retry_after(env: Mapping[str, str]) -> float:
+    """``FORWARDER_MAX_RETRY_AFTER`` in seconds: the longest wait a server's ``Retry-After``
+    or rate-limit reset may impose. The core, each sink and the Events API client read it
+    from the same mapping, so one setting bounds every server-given wait."""
+    return duration(env, MAX_RETRY_AFTER_VARIABLE, DEFAULT_MAX_RETRY_AFTER)
+
+
 def integer(env: Mapping[str, str], variable: str, default: int, *, minimum: int = 0) -> int:
     raw = env.get(variable)
     if raw is None or raw == "":
@@ -116,6 +127,7 @@ class Settings:
     backlog_limit: int
     retention_s: float
     max_attempts: int
+    max_retry_after_s: float
     shutdown_timeout_s: float
     log_level: str
     normalize: NormalizeOptions
@@ -150,6 +162,7 @@ class Settings:
             backlog_limit=integer(env, "FORWARDER_BACKLOG_LIMIT", 1_000_000, minimum=1),
             retention_s=duration(env, "FORWARDER_RETENTION", "7d"),
             max_attempts=integer(env, "FORWARDER_MAX_ATTEMPTS", 5, minimum=1),
+            max_retry_after_s=max_retry_after(env),
             shutdown_timeout_s=duration(env, "FORWARDER_SHUTDOWN_TIMEOUT", "10s"),
             log_level=choice(env, "FORWARDER_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             normalize=NormalizeOptions(

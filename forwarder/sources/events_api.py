@@ -36,7 +36,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -44,10 +43,11 @@ import orjson
 
 from forwarder import metrics
 from forwarder.catalog import KNOWN_EVENT_TYPES
-from forwarder.config import ConfigError, duration
+from forwarder.config import ConfigError, duration, max_retry_after
 from forwarder.delivery import backoff_delay
 from forwarder.journal import Journal, JournalUnavailable, NewRecord
 from forwarder.normalize import InvalidEvent, NormalizeOptions, journal_record
+from forwarder.retry_after import retry_after_seconds
 
 logger = logging.getLogger("forwarder.events_api")
 
@@ -56,7 +56,6 @@ PAGE_LIMIT = 100
 RETENTION_DAYS = 30
 POLL_STATE_KEY = "events_api:poll"
 
-_MAX_RETRY_AFTER_S = 900.0
 # A refused request (bad key, missing permission) needs an operator; asking again every
 # minute would only fill the logs, but the poller must notice the fix without a restart.
 _REJECTED_RETRY_S = 300.0
@@ -164,9 +163,12 @@ class EventsApiClient:
         max_attempts: int = 6,
         timeout_s: float = 30.0,
         on_wait: WaitNotice | None = None,
+        max_retry_after_s: float = 300.0,
     ) -> None:
+        """``max_retry_after_s`` caps a 429's ``Retry-After`` (``FORWARDER_MAX_RETRY_AFTER``, 5m default)."""
         self.url = url
         self._max_attempts = max_attempts
+        self._max_retry_after_s = max_retry_after_s
         self._on_wait = on_wait
         self._http = httpx.AsyncClient(
             base_url=url,
@@ -216,7 +218,7 @@ class EventsApiClient:
                 elif status == 429:
                     limited += 1
                     header = response.headers.get("retry-after")
-                    wait = _retry_after(header)
+                    wait = retry_after_seconds(header, cap=self._max_retry_after_s)
                     if wait is None:
                         await self._wait("rate limited (429) without Retry-After", backoff_delay(limited))
                     else:
@@ -247,22 +249,6 @@ def _parse_page(response: httpx.Response) -> Page:
     metadata = body.get("list_metadata")
     after = metadata.get("after") if isinstance(metadata, dict) else None
     return Page(events=body["data"], after=after if isinstance(after, str) and after else None)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from ``Retry-After`` (delay-seconds or an HTTP date), capped; None if absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdecimal():
-        return min(float(value), _MAX_RETRY_AFTER_S)
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return min(max(moment.timestamp() - time.time(), 0.0), _MAX_RETRY_AFTER_S)
 
 
 def _explain(status: int, response: httpx.Response, url: str) -> str:
@@ -631,7 +617,9 @@ def create(env: Mapping[str, str], journal: Journal, options: NormalizeOptions) 
             last_logged[reason] = now
             logger.warning("Events API request will be retried", extra={"reason": reason, "in_s": seconds})
 
-    client = EventsApiClient(settings.url, settings.api_key, on_wait=on_wait)
+    client = EventsApiClient(
+        settings.url, settings.api_key, on_wait=on_wait, max_retry_after_s=max_retry_after(env)
+    )
     sync = EventsSync(
         client,
         journal,
