@@ -7,8 +7,16 @@ shows up; a log over 1 MB is cut blindly). This sink works inside those limits o
 * requests carry at most 1000 records and 4.25 MB, leaving headroom under the 5 MB limit;
 * a record over 1 MB is shortened here (message, then ``workos.data``/``workos.context``
   cut, ``workos.truncated: true``) so what arrives is still valid, searchable JSON;
-* an event older than the intake accepts is restamped to now by default, its original
-  time kept in ``workos.created_at`` and tagged ``backfill:true``, so a backfill is visible.
+* an event dated outside the window the intake keeps (more than 18 h ago, or more than 2 h
+  ahead: a year-9999 ``created_at`` is valid WorkOS input) is restamped to now by default,
+  its original time kept in ``workos.created_at`` and tagged ``backfill:true``, so a
+  backfill is visible;
+* a record nested deeper than orjson can encode (255 levels) has its deepest values
+  replaced by a marker and is flagged ``workos.truncated: true``, rather than failing.
+
+A record that still cannot be prepared (its stored bytes do not decode) belongs to that
+record, not to the intake: it is named in ``PermanentError.event_ids`` with the true reason
+once the rest of the batch is delivered, and never retried as if the network were down.
 
 One ``send`` owns its batch: a 413 splits the request, a 400 bisects it down to the records
 Datadog rejects (returned as ``PermanentError(event_ids=...)`` for the dead-letter table),
@@ -24,7 +32,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -33,7 +40,8 @@ from prometheus_client import Counter
 from zlib_ng import gzip_ng
 
 from forwarder import metrics
-from forwarder.config import ConfigError, choice, duration, integer
+from forwarder.config import ConfigError, choice, duration, integer, max_retry_after
+from forwarder.retry_after import retry_after_from_headers
 from sinks.base import EventFilter, PermanentError, Record, RetryableError, run_in_background
 
 logger = logging.getLogger(__name__)
@@ -55,14 +63,22 @@ MAX_LOG_BYTES = 1_000_000
 # Datadog drops dates more than 18 h old. Restamp a little earlier so a record that is
 # almost 18 h old is not dropped while it is in flight or waiting for a retry.
 MAX_AGE_S = 18 * 3600
+# ... and dates more than about 2 h ahead.
+MAX_FUTURE_S = 2 * 3600
 RESTAMP_MARGIN_S = 10 * 60
+# orjson encodes at most 255 nested levels (it raises past that). A rewritten record keeps
+# this many, so what the sink builds always encodes, wherever the intake re-encodes it too.
+MAX_NESTING = 200
+NESTING_MARK = "[nested too deep]"
+DEFAULT_MAX_RETRY_AFTER_S = 300.0
 BACKFILL_POLICIES = ("restamp", "keep", "drop")
 TRUNCATION_MARK = " [truncated]"
 REQUEST_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 BACKFILL_DROPPED = Counter(
     "workos_forwarder_sink_backfill_dropped",
-    "Records a sink skipped because they are older than the destination accepts (DD_BACKFILL_POLICY=drop).",
+    "Records a sink skipped because they are dated outside what the destination accepts "
+    "(DD_BACKFILL_POLICY=drop).",
     ["sink"],
     registry=metrics.REGISTRY,
 )
@@ -81,7 +97,7 @@ class _Prepared:
 
 @dataclass(slots=True)
 class _Outcome:
-    """What the requests of one send() produced, gathered across concurrent chunks."""
+    """What one send() produced: records refused (here or by the intake) and transient errors."""
 
     rejected: list[tuple[str, str]]
     retryable: list[RetryableError]
@@ -102,9 +118,11 @@ class DatadogSink:
         max_in_flight: int = 4,
         backfill_policy: str = "restamp",
         linger_s: float = 1.0,
+        max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S,
         name: str = "datadog",
     ) -> None:
         self.name = name
+        self._max_retry_after_s = max_retry_after_s
         self.linger_s = linger_s
         self.events = events
         self.url = url
@@ -129,9 +147,9 @@ class DatadogSink:
         self._credentials_rejected = False
 
     async def send(self, batch: Sequence[Record]) -> None:
-        prepared = await run_in_background(self._prepare, batch, time.time())
+        prepared, unprepared = await run_in_background(self._prepare, batch, time.time())
         chunks = _chunks(prepared)
-        outcome = _Outcome(rejected=[], retryable=[])
+        outcome = _Outcome(rejected=unprepared, retryable=[])
         results = await asyncio.gather(
             *(self._deliver(chunk, outcome) for chunk in chunks), return_exceptions=True
         )
@@ -146,33 +164,41 @@ class DatadogSink:
         if outcome.rejected:
             first_reason = outcome.rejected[0][1]
             raise PermanentError(
-                f"Datadog rejected {len(outcome.rejected)} record(s); first answer: {first_reason}",
+                f"{self.name}: {len(outcome.rejected)} record(s) not delivered; first: {first_reason}",
                 event_ids=[event_id for event_id, _ in outcome.rejected],
             )
 
     async def close(self) -> None:
         await self._client.aclose()
 
-    def _prepare(self, batch: Sequence[Record], now: float) -> list[_Prepared]:
-        """The bytes to post for each record the intake has not accepted yet.
+    def _prepare(self, batch: Sequence[Record], now: float) -> tuple[list[_Prepared], list[tuple[str, str]]]:
+        """The bytes to post for each record the intake has not accepted yet, and the records
+        that cannot be posted at all, with the reason (``(event_id, reason)``).
 
         A stored record is already a valid Datadog log, so it is posted as stored; only one
-        too old for the intake or over its size limit is decoded and rewritten.
+        dated outside the intake's window, over its size limit or possibly nested too deep is
+        decoded and rewritten. One record failing that never fails the others.
         """
         prepared = []
+        unprepared = []
         for record in batch:
             if record.event_id in self._accepted:
                 continue
-            body = record.json
-            too_old = now - record.time > MAX_AGE_S - RESTAMP_MARGIN_S and self._backfill_policy != "keep"
-            if too_old and self._backfill_policy == "drop":
+            restamp = self._backfill_policy != "keep" and _outside_window(record.time, now)
+            if restamp and self._backfill_policy == "drop":
                 BACKFILL_DROPPED.labels(self.name).inc()
                 continue
-            if too_old or len(body) > MAX_LOG_BYTES:
-                data = orjson.loads(body)
-                body = _fit(_restamp(data, now) if too_old else data)
+            body = record.json
+            if restamp or len(body) > MAX_LOG_BYTES or _maybe_too_deep(body):
+                try:
+                    body = _rewrite(body, now if restamp else None)
+                except (ValueError, TypeError, RecursionError) as exc:  # orjson's errors included
+                    reason = f"{self.name}: cannot prepare record {record.event_id}: {exc}"
+                    logger.warning(reason, extra={"sink": self.name, "event_id": record.event_id})
+                    unprepared.append((record.event_id, reason))
+                    continue
             prepared.append(_Prepared(record.event_id, body))
-        return prepared
+        return prepared, unprepared
 
     async def _deliver(self, chunk: list[_Prepared], outcome: _Outcome) -> None:
         """Post one chunk; split on 413, bisect on 400, raise RetryableError otherwise."""
@@ -183,7 +209,9 @@ class DatadogSink:
             return
         if status in (400, 413):
             if len(chunk) == 1:
-                reason = f"HTTP {status} for event {chunk[0].event_id}: {_excerpt(response.text)}"
+                reason = (
+                    f"{self.name}: HTTP {status} for event {chunk[0].event_id}: {_excerpt(response.text)}"
+                )
                 logger.warning(
                     "datadog rejected a record",
                     extra={"sink": self.name, "event_id": chunk[0].event_id, "status_code": status},
@@ -234,7 +262,8 @@ class DatadogSink:
             return RetryableError(reason, unhealthy=True)
         if status in (408, 429) or status >= 500:
             return RetryableError(
-                f"{self.name}: HTTP {status} from {self.url}: {detail}", retry_after=_retry_after(response)
+                f"{self.name}: HTTP {status} from {self.url}: {detail}",
+                retry_after=retry_after_from_headers(response.headers, cap=self._max_retry_after_s),
             )
         # 404, 405 and friends mean the URL is not a logs intake: an operator must fix it.
         return RetryableError(
@@ -265,6 +294,61 @@ def _chunks(prepared: list[_Prepared]) -> list[list[_Prepared]]:
     if current:
         chunks.append(current)
     return chunks
+
+
+def _outside_window(record_time: float, now: float) -> bool:
+    """Dated where the intake would drop it: too old, or too far ahead (with a safety margin)."""
+    return (
+        now - record_time > MAX_AGE_S - RESTAMP_MARGIN_S
+        or record_time - now > MAX_FUTURE_S - RESTAMP_MARGIN_S
+    )
+
+
+def _maybe_too_deep(body: bytes) -> bool:
+    """Cheap pre-check: a record nested MAX_NESTING deep holds at least that many brackets.
+
+    ``bytes.count`` runs at memory speed, so only the rare record with that many objects or
+    arrays is decoded and re-encoded to find out.
+    """
+    return body.count(b"{") + body.count(b"[") > MAX_NESTING
+
+
+def _rewrite(body: bytes, restamp_at: float | None) -> bytes:
+    """The stored record, restamped to ``restamp_at`` if given, cut to nesting and size limits.
+
+    Raises ValueError (orjson.JSONDecodeError) when the stored bytes do not decode (deeper
+    than orjson's 1024-level read limit, or not a JSON object): that record cannot be posted.
+    """
+    record = orjson.loads(body)
+    if not isinstance(record, dict):
+        raise ValueError(f"the stored record is a JSON {type(record).__name__}, not an object")
+    if restamp_at is not None:
+        record = _restamp(record, restamp_at)
+    try:
+        encoded = _fit(record)
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes: keep what can be written
+        record = _limit_nesting(record, MAX_NESTING)
+        record["workos"] = {**(record.get("workos") or {}), "truncated": True}
+        return _fit(record)
+    if restamp_at is None and len(body) <= MAX_LOG_BYTES:
+        return body  # it only looked deep: post exactly what was stored
+    return encoded
+
+
+def _limit_nesting(value: Any, levels: int) -> Any:
+    """A copy of ``value`` whose containers deeper than ``levels`` become ``NESTING_MARK``.
+
+    Recursion is bounded by ``levels`` (< Python's limit), whatever the input's depth.
+    """
+    if isinstance(value, dict):
+        if levels <= 0:
+            return NESTING_MARK
+        return {key: _limit_nesting(item, levels - 1) for key, item in value.items()}
+    if isinstance(value, list):
+        if levels <= 0:
+            return NESTING_MARK
+        return [_limit_nesting(item, levels - 1) for item in value]
+    return value
 
 
 def _restamp(record: dict[str, Any], now: float) -> dict[str, Any]:
@@ -325,32 +409,6 @@ def _minimal(record: dict[str, Any]) -> bytes:
     return orjson.dumps(minimal)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    """Seconds from ``Retry-After`` (seconds or HTTP date) or ``X-Ratelimit-Reset``, the larger."""
-    waits = [
-        wait
-        for wait in (
-            _seconds(response.headers.get("retry-after")),
-            _seconds(response.headers.get("x-ratelimit-reset")),
-        )
-        if wait is not None
-    ]
-    return max(max(waits), 0.0) if waits else None
-
-
-def _seconds(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        return parsedate_to_datetime(value).timestamp() - time.time()
-    except (TypeError, ValueError):
-        return None
-
-
 def _excerpt(text: str, limit: int = 500) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + "..."
@@ -389,4 +447,5 @@ def create(env: Mapping[str, str]) -> DatadogSink | None:
         max_in_flight=integer(env, "DD_MAX_IN_FLIGHT", 4, minimum=1),
         backfill_policy=choice(env, "DD_BACKFILL_POLICY", "restamp", BACKFILL_POLICIES),
         linger_s=duration(env, "DD_BATCH_LINGER", "1s"),
+        max_retry_after_s=max_retry_after(env),
     )

@@ -9,21 +9,35 @@ the exporter's own precedence: the ``_LOGS_`` variant first, then the generic on
 The exporter retries 429/502/503/504 and connection errors within its timeout; when it
 still reports failure the sink raises ``RetryableError`` and the journal cursor stays put,
 so nothing is lost while the collector is down. ``export`` blocks, so it runs in a thread.
+
+A record never stalls the sink. OTLP has ranges JSON does not: timestamps are uint64
+nanoseconds since 1970, so a ``created_at`` before 1970 or after 2554 is clamped into
+[0, 2**64-1] (0 is OTLP's "unknown": backends then use the observed time), its original kept
+in ``workos.created_at``; integers beyond int64 become strings; values nested deeper than
+collectors decode become their JSON text, or a marker past what orjson writes (flagged
+``workos.truncated``). When an export fails without any HTTP
+answer and without a transport error, the failure was local: each record is encoded alone
+with the exporter's own encoder, and the ones that fail are returned as
+``PermanentError(event_ids=...)`` with the encoder's message, after the others are
+delivered, instead of being retried as if the collector were down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
 import orjson
 import requests
 from opentelemetry._logs import LogRecord, SeverityNumber
+from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
@@ -34,13 +48,23 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.util.re import parse_env_headers
 
 from forwarder import metrics
-from forwarder.config import ConfigError
+from forwarder.config import ConfigError, max_retry_after
+from forwarder.retry_after import retry_after_seconds
 from sinks.base import EventFilter, PermanentError, Record, RetryableError, run_in_background
 
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 512
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+UINT64_MAX = 2**64 - 1
+# Nested objects become dotted attribute keys down to MAX_KEY_DEPTH levels; below that a
+# value is an OTLP kvlist/array, at most MAX_VALUE_DEPTH levels deep (each level costs a
+# collector 2-3 protobuf message levels, and Python protobuf decodes only 100), then its
+# JSON text. What orjson cannot write (over 255 levels) becomes NESTING_MARK.
+MAX_KEY_DEPTH = 32
+MAX_VALUE_DEPTH = 16
+NESTING_MARK = "[nested too deep]"
+DEFAULT_MAX_RETRY_AFTER_S = 300.0
 SCOPE = InstrumentationScope("workos-forwarder")
 SEVERITIES = {
     "error": (SeverityNumber.ERROR, "ERROR"),
@@ -63,6 +87,44 @@ CREDENTIAL_PROVIDER_VARIABLES = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A record converted for export, with its event id (for dead-lettering it by id)."""
+
+    event_id: str
+    log: ReadableLogRecord
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """What one ``OTLPLogExporter.export`` call did, as far as the sink could observe it."""
+
+    success: bool
+    status: int | None
+    retry_after: float | None
+    transport_error: str | None
+    error: str | None
+
+
+class _ObservedSession(requests.Session):
+    """A requests session that reports transport failures, which the exporter only logs.
+
+    With it, an export that failed with neither an HTTP answer nor a transport error is
+    known to have failed locally (encoding, the exporter's size limit), not on the network.
+    """
+
+    def __init__(self, on_error: Callable[[str], None]) -> None:
+        super().__init__()
+        self._on_error = on_error
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        try:
+            return super().send(request, **kwargs)
+        except requests.RequestException as exc:
+            self._on_error(f"{type(exc).__name__}: {exc}")
+            raise
+
+
 class OtlpSink:
     """Exports records with an ``OTLPLogExporter``; see the module docstring."""
 
@@ -76,11 +138,13 @@ class OtlpSink:
         service_name: str | None = None,
         resource_attributes: Mapping[str, str] | None = None,
         instrument_session: bool = True,
+        max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S,
         name: str = "otlp",
     ) -> None:
         self.name = name
         self.events = events
         self.endpoint = str(exporter_options["endpoint"])
+        self._max_retry_after_s = max_retry_after_s
         self._service_name = service_name
         self._resource_attributes = dict(resource_attributes or {})
         self._resources: dict[tuple[str, str], Resource] = {}
@@ -88,48 +152,77 @@ class OtlpSink:
         # session sees every HTTP attempt (status, size, Retry-After) for the metrics.
         self._last_status: int | None = None
         self._last_retry_after: float | None = None
+        self._last_transport_error: str | None = None
         self._status_lock = threading.Lock()
+        self._observed = instrument_session
+        self._closing = False
         session = None
         if instrument_session:
-            session = requests.Session()
+            session = _ObservedSession(self._transport_failed)
             session.hooks["response"].append(self._observe)
         self._exporter = OTLPLogExporter(session=session, **exporter_options)
         self._exporting = asyncio.Lock()
 
     async def send(self, batch: Sequence[Record]) -> None:
-        logs = [self._to_log(record) for record in batch]
-        if not logs:
-            return
-        async with self._exporting:
-            refused = await self._export(logs)
+        pending, refused = await run_in_background(self._convert, batch)
+        if pending:
+            async with self._exporting:
+                refused += await self._export(pending)
         if refused:
             raise PermanentError(
-                f"{self.name}: the collector at {self.endpoint} refused {len(refused)} record(s) (400/413)",
-                event_ids=refused,
+                f"{self.name}: {len(refused)} record(s) not delivered; first: {refused[0][1]}",
+                event_ids=[event_id for event_id, _ in refused],
             )
 
     async def close(self) -> None:
+        self._closing = True
         await asyncio.to_thread(self._exporter.shutdown)
 
-    async def _export(self, logs: list[ReadableLogRecord]) -> list[str]:
-        """Export; on 400/413 halve the batch to isolate what the collector refuses (returned as ids)."""
+    def _convert(self, batch: Sequence[Record]) -> tuple[list[_Pending], list[tuple[str, str]]]:
+        """Each record as an OTLP log, and ``(event_id, reason)`` for those that cannot be one."""
+        pending, refused = [], []
+        for record in batch:
+            try:
+                pending.append(_Pending(record.event_id, self._to_log(record)))
+            except (ValueError, TypeError, RecursionError) as exc:  # orjson's errors included
+                reason = f"{self.name}: cannot convert record {record.event_id}: {exc}"
+                logger.warning(reason, extra={"sink": self.name, "event_id": record.event_id})
+                refused.append((record.event_id, reason))
+        return pending, refused
+
+    def _attempt(self, pending: list[_Pending]) -> _Attempt:
+        """One exporter call (in a background thread), with what the session observed."""
         with self._status_lock:
-            self._last_status = self._last_retry_after = None
-        result = await run_in_background(self._exporter.export, logs)
+            self._last_status = self._last_retry_after = self._last_transport_error = None
+        error = None
+        try:
+            result = self._exporter.export([item.log for item in pending])
+        except Exception as exc:  # older exporters raise encoding errors out of export()
+            result, error = LogRecordExportResult.FAILURE, f"{type(exc).__name__}: {exc}"
         with self._status_lock:
-            status, retry_after = self._last_status, self._last_retry_after
-        if result is LogRecordExportResult.SUCCESS:
+            return _Attempt(
+                success=result is LogRecordExportResult.SUCCESS,
+                status=self._last_status,
+                retry_after=self._last_retry_after,
+                transport_error=self._last_transport_error,
+                error=error,
+            )
+
+    async def _export(self, pending: list[_Pending]) -> list[tuple[str, str]]:
+        """Export; isolate what the collector (400/413) or the encoder refuses, as (id, reason)."""
+        attempt = await run_in_background(self._attempt, pending)
+        status = attempt.status
+        if attempt.success:
             metrics.SINK_LAST_SUCCESS.labels(self.name).set(time.time())
             return []
         if status is None:
-            metrics.SINK_REQUESTS.labels(self.name, "error").inc()
-            metrics.SINK_RETRIES.labels(self.name, "error").inc()
-            raise RetryableError(f"{self.name}: export to {self.endpoint} failed (collector unreachable?)")
+            return await self._failed_without_answer(pending, attempt)
         if status in (400, 413):
-            if len(logs) == 1:
-                return [str((logs[0].log_record.attributes or {}).get("workos.id"))]
-            middle = len(logs) // 2
-            return await self._export(logs[:middle]) + await self._export(logs[middle:])
+            if len(pending) == 1:
+                event_id = pending[0].event_id
+                return [(event_id, f"{self.name}: HTTP {status} from {self.endpoint} for event {event_id}")]
+            middle = len(pending) // 2
+            return await self._export(pending[:middle]) + await self._export(pending[middle:])
         if status in (401, 403):
             raise RetryableError(
                 f"{self.name}: HTTP {status} from {self.endpoint}: credentials rejected; "
@@ -137,13 +230,54 @@ class OtlpSink:
                 unhealthy=True,
             )
         if status in (408, 429) or status >= 500:
-            raise RetryableError(f"{self.name}: HTTP {status} from {self.endpoint}", retry_after=retry_after)
+            raise RetryableError(
+                f"{self.name}: HTTP {status} from {self.endpoint}", retry_after=attempt.retry_after
+            )
         # 404, 405, 415: the URL is not an OTLP/HTTP logs endpoint; an operator must fix it.
         raise RetryableError(
             f"{self.name}: unexpected HTTP {status} from {self.endpoint}; check OTEL_EXPORTER_OTLP_ENDPOINT "
             "(the sink adds /v1/logs) or OTEL_EXPORTER_OTLP_LOGS_ENDPOINT (used as given)",
             unhealthy=True,
         )
+
+    async def _failed_without_answer(
+        self, pending: list[_Pending], attempt: _Attempt
+    ) -> list[tuple[str, str]]:
+        """No HTTP answer: the network, or a local failure. Only records proven bad are refused.
+
+        Encoding each record alone with the exporter's own encoder finds the ones that cannot
+        be encoded; the rest are exported again. If none fails alone and the session saw no
+        transport error either, the exporter refused locally (its request-size limit): halve.
+        """
+        if attempt.transport_error is None and not self._closing:
+            broken = await run_in_background(_unencodable, pending)
+            if broken:
+                refused = [
+                    (
+                        pending[index].event_id,
+                        f"{self.name}: cannot encode record {pending[index].event_id}: {why}",
+                    )
+                    for index, why in broken.items()
+                ]
+                for event_id, reason in refused:
+                    logger.warning(reason, extra={"sink": self.name, "event_id": event_id})
+                rest = [item for index, item in enumerate(pending) if index not in broken]
+                return refused + (await self._export(rest) if rest else [])
+            if self._observed and len(pending) > 1:
+                middle = len(pending) // 2
+                return await self._export(pending[:middle]) + await self._export(pending[middle:])
+            if self._observed:
+                event_id = pending[0].event_id
+                detail = attempt.error or "no HTTP request was made; see the exporter's log"
+                return [(event_id, f"{self.name}: the exporter did not send record {event_id}: {detail}")]
+        metrics.SINK_REQUESTS.labels(self.name, "error").inc()
+        metrics.SINK_RETRIES.labels(self.name, "error").inc()
+        detail = attempt.transport_error or attempt.error or "collector unreachable?"
+        raise RetryableError(f"{self.name}: export to {self.endpoint} failed: {detail}")
+
+    def _transport_failed(self, error: str) -> None:
+        with self._status_lock:
+            self._last_transport_error = error
 
     def _observe(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         """requests response hook, called in the exporter's thread for every attempt."""
@@ -156,10 +290,10 @@ class OtlpSink:
             self._warn_partial_success(response)
         elif status in (408, 429) or status >= 500:
             metrics.SINK_RETRIES.labels(self.name, status_class).inc()
-        retry_after = response.headers.get("retry-after")
+        retry_after = retry_after_seconds(response.headers.get("retry-after"), cap=self._max_retry_after_s)
         with self._status_lock:
             self._last_status = status
-            self._last_retry_after = float(retry_after) if retry_after and retry_after.isdigit() else None
+            self._last_retry_after = retry_after
 
     def _warn_partial_success(self, response: requests.Response) -> None:
         """A collector may accept a request yet reject some records; the exporter ignores that."""
@@ -179,24 +313,32 @@ class OtlpSink:
             )
 
     def _to_log(self, stored: Record) -> ReadableLogRecord:
+        """One OTLP log record; raises ValueError/TypeError when the stored JSON is unusable."""
         record = orjson.loads(stored.json)
+        if not isinstance(record, dict):
+            raise ValueError(f"the stored record is a JSON {type(record).__name__}, not an object")
         workos = record.get("workos") or {}
         severity, severity_text = SEVERITIES.get(str(record.get("status")), SEVERITIES["info"])
         attributes: dict[str, Any] = {}
         for path, semconv_name in SEMCONV:
             value = _dig(record, path)
             if value is not None:
-                attributes[semconv_name] = value
+                attributes[semconv_name] = _encodable(value)
         outcome = _dig(record, ("evt", "outcome"))
         if outcome is not None:
-            attributes["workos.outcome"] = outcome
-        _flatten("workos", workos, attributes)
+            attributes["workos.outcome"] = _encodable(outcome)
+        if _flatten("workos", workos, attributes):
+            attributes["workos.truncated"] = True
+        timestamp, clamped = _unix_nanos(stored.time)
+        if clamped:
+            attributes.setdefault("workos.created_at", str(record.get("date")))
         return ReadableLogRecord(
             log_record=LogRecord(
-                timestamp=round(stored.time * 1000) * 1_000_000,
+                timestamp=timestamp,
+                observed_timestamp=_unix_nanos(time.time())[0],
                 severity_number=severity,
                 severity_text=severity_text,
-                body=record.get("message"),
+                body=_encodable(record.get("message")),
                 attributes=attributes,
                 event_name=str(workos.get("event") or _dig(record, ("evt", "name")) or ""),
             ),
@@ -226,23 +368,58 @@ def _dig(record: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
-def _flatten(prefix: str, value: Any, into: dict[str, Any]) -> None:
-    """Nested objects become dotted keys; lists and scalars stay OTLP values; nulls are left out."""
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            _flatten(f"{prefix}.{key}", item, into)
-    elif value is not None:
-        into[prefix] = _encodable(value)
+def _unix_nanos(seconds: float) -> tuple[int, bool]:
+    """Epoch seconds as OTLP's uint64 nanoseconds (millisecond precision, as stored), and
+    whether the value had to be clamped into [0, 2**64-1] (before 1970, after 2554; a
+    non-finite time, which no journal should hold, becomes 0, OTLP's "unknown")."""
+    if not math.isfinite(seconds):
+        return 0, True
+    nanos = round(seconds * 1000) * 1_000_000
+    clamped = min(max(nanos, 0), UINT64_MAX)
+    return clamped, clamped != nanos
 
 
-def _encodable(value: Any) -> Any:
-    """JSON allows integers protobuf's int64 cannot hold; one would fail every export of its batch."""
+def _flatten(prefix: str, value: Any, into: dict[str, Any]) -> bool:
+    """Nested objects become dotted keys; lists and scalars stay OTLP values; nulls are left out.
+
+    Iterative, so any depth is safe; objects below MAX_KEY_DEPTH levels stay one value
+    (see ``_encodable``). Returns whether anything was cut.
+    """
+    truncated = False
+    stack: list[tuple[str, Any, int]] = [(prefix, value, 0)]
+    while stack:
+        key, item, depth = stack.pop()
+        if isinstance(item, Mapping) and depth < MAX_KEY_DEPTH:
+            # Reversed onto the stack so the keys come out in the record's order.
+            stack.extend((f"{key}.{name}", child, depth + 1) for name, child in reversed(item.items()))
+        elif item is not None:
+            cut: list[bool] = []
+            into[key] = _encodable(item, cut=cut)
+            truncated = truncated or bool(cut)
+    return truncated
+
+
+def _encodable(value: Any, levels: int = MAX_VALUE_DEPTH, *, cut: list[bool] | None = None) -> Any:
+    """A JSON value as an OTLP attribute value that every collector can decode.
+
+    JSON allows integers protobuf's int64 cannot hold (they become strings: one would fail
+    every export of its batch), and nesting deeper than a collector decodes (below
+    ``levels`` a container becomes its JSON text, or NESTING_MARK past orjson's limit).
+    Appends to ``cut`` when it shortened anything.
+    """
     if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
         return str(value)
-    if isinstance(value, list):
-        return [_encodable(item) for item in value]
-    if isinstance(value, Mapping):
-        return {str(key): _encodable(item) for key, item in value.items()}
+    if isinstance(value, list | Mapping):
+        if levels <= 0:
+            if cut is not None:
+                cut.append(True)
+            try:
+                return orjson.dumps(value).decode()
+            except orjson.JSONEncodeError:
+                return NESTING_MARK
+        if isinstance(value, list):
+            return [_encodable(item, levels - 1, cut=cut) for item in value]
+        return {str(key): _encodable(item, levels - 1, cut=cut) for key, item in value.items()}
     return value
 
 
@@ -329,4 +506,16 @@ def create(env: Mapping[str, str]) -> OtlpSink | None:
         resource_attributes=_resource_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", "")),
         # A credential-provider session is the exporter's to load; ours would replace it.
         instrument_session=not any(env.get(variable) for variable in CREDENTIAL_PROVIDER_VARIABLES),
+        max_retry_after_s=max_retry_after(env),
     )
+
+
+def _unencodable(pending: list[_Pending]) -> dict[int, str]:
+    """Index -> encoder message for each record the exporter's encoder cannot encode alone."""
+    broken = {}
+    for index, item in enumerate(pending):
+        try:
+            encode_logs([item.log]).SerializeToString()
+        except Exception as exc:  # the encoder raises ValueError, TypeError, protobuf errors...
+            broken[index] = f"{type(exc).__name__}: {exc}"
+    return broken

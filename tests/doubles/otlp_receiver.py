@@ -42,6 +42,7 @@ class ReceivedLog:
     attributes: dict[str, Any]
     resource: dict[str, Any]
     scope: str
+    observed_time_unix_nano: int = 0
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class OtlpReceiver(LoopbackServer):
                 attributes=_attributes(record.attributes),
                 resource=_attributes(resource_logs.resource.attributes),
                 scope=scope_logs.scope.name,
+                observed_time_unix_nano=record.observed_time_unix_nano,
             )
             for resource_logs in export.resource_logs
             for scope_logs in resource_logs.scope_logs
