@@ -7,6 +7,7 @@ Duplicates are allowed (delivery is at least once); a lost acknowledged event fa
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -16,12 +17,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from tests.doubles.datadog_intake import DatadogIntake
 from tests.doubles.misbehaving_server import MisbehavingProxy, Mode
 from tests.doubles.otlp_receiver import OtlpReceiver
-from tests.reliability.conftest import MountTmpfs, resize_tmpfs, services_required
+from tests.reliability.conftest import SERVER, MountTmpfs, resize_tmpfs, services_required
 from tests.reliability.load import Loader, accounting, read_jsonl, wait_all_arrived
 from tests.samples import make_event
 from tests.service import Service, wait_for
@@ -477,3 +479,124 @@ def test_a_response_cut_inside_its_headers_is_not_taken_for_a_delivery(
                 delivered=accounting(acked, delivered()),
                 connections=proxy.accepted,
             )
+
+
+# --- 6. PostgreSQL backends terminated under load, two replicas ---------------------------------
+
+LEASE_CHECK_INTERVAL_S = 5.0  # forwarder/delivery.py _LEASE_CHECK_INTERVAL_S
+
+
+def _active_spans(times: list[float], gap: float) -> list[tuple[float, float]]:
+    """Group sorted request times into spans of activity: a pause longer than ``gap`` ends a span."""
+    spans: list[tuple[float, float]] = []
+    for at in sorted(times):
+        if spans and at - spans[-1][1] <= gap:
+            spans[-1] = (spans[-1][0], at)
+        else:
+            spans.append((at, at))
+    return spans
+
+
+def _overlap(first: list[tuple[float, float]], second: list[tuple[float, float]]) -> float:
+    return sum(
+        max(0.0, min(a_end, b_end) - max(a_start, b_start))
+        for a_start, a_end in first
+        for b_start, b_end in second
+    )
+
+
+def _terminate(app: str) -> int:
+    with psycopg.connect(SERVER, autocommit=True, connect_timeout=3) as admin:
+        row = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = %s AND pid <> pg_backend_pid()",
+            (app,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_postgres_backends_terminated_under_load_with_two_replicas(
+    start_service: StartService, pg_journal: tuple[str, str]
+) -> None:
+    """Promise: with two replicas on one PostgreSQL journal, dropped connections lose nothing, and each
+    sink is delivered by one replica at a time.
+
+    Two replicas, each with its own Datadog intake double and JSONL file, take load round-robin
+    (about 120 events/s) while, 6 times at random moments, every backend of theirs (found by
+    application_name, so other tests' connections are untouched) is terminated, the delivery
+    leases' connections included. Asserted:
+    * every acknowledged id reaches the Datadog intakes (union of both) and the JSONL files
+      (union of both), duplicates allowed;
+    * at the end each sink is ``active`` on exactly one replica and ``standby`` on the other;
+    * "one at a time", measured on the Datadog intakes: grouping each replica's requests into
+      spans of activity (a pause over 1 s ends a span), the time during which both replicas
+      were delivering is at most one lease check interval (5 s) per termination round: the
+      window in which a replica that lost its lease has not yet noticed. The measured overlap
+      is reported; 0 would mean strict fencing.
+    """
+    url, app = pg_journal
+    seed = int(os.environ.get("FORWARDER_FAULT_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    with DatadogIntake(API_KEY) as dd_first, DatadogIntake(API_KEY) as dd_second:
+        first = start_service(name="first", FORWARDER_JOURNAL_URL=url, **datadog_env(dd_first.url))
+        second = start_service(name="second", FORWARDER_JOURNAL_URL=url, **datadog_env(dd_second.url))
+        terminated: list[int] = []
+        with Loader([first, second], rate_per_s=120, timeout_s=5) as loader:
+            time.sleep(2)
+            for _ in range(6):
+                terminated.append(_terminate(app))
+                time.sleep(rng.uniform(1.0, 3.0))
+            time.sleep(2)
+        acked = loader.acknowledged()
+        assert len(acked) > 500, loader.summary()
+
+        def datadog_ids() -> list[str]:
+            return dd_first.ids() + dd_second.ids()
+
+        def jsonl_ids_both() -> list[str]:
+            return read_jsonl(first.jsonl).ids + read_jsonl(second.jsonl).ids
+
+        wait_all_arrived(acked, datadog_ids, timeout=40, what="datadog (both replicas)")
+        wait_all_arrived(acked, jsonl_ids_both, timeout=40, what="jsonl (both replicas)")
+
+        def roles() -> dict[str, list[str]]:
+            return {
+                sink: sorted(service.status()["sinks"][sink]["role"] for service in (first, second))
+                for sink in ("datadog", "jsonl", "prometheus")
+            }
+
+        settled = wait_for(
+            lambda: all(pair == ["active", "standby"] for pair in roles().values()) and roles(),
+            timeout=20,
+            what="one active replica per sink",
+        )
+        times = {
+            name: [request.at for request in intake.requests() if request.status == 202]
+            for name, intake in (("first", dd_first), ("second", dd_second))
+        }
+        spans = {name: _active_spans(at, gap=1.0) for name, at in times.items()}
+        overlap = _overlap(spans["first"], spans["second"])
+        merged = sorted((at, name) for name, ats in times.items() for at in ats)
+        switches = sum(1 for (_, a), (_, b) in itertools.pairwise(merged) if a != b)
+        report(
+            "postgres terminate x6, two replicas",
+            seed=seed,
+            backends_terminated=terminated,
+            outcomes=loader.summary(),
+            datadog=accounting(acked, datadog_ids()),
+            datadog_per_replica=(len(dd_first.ids()), len(dd_second.ids())),
+            datadog_duplicates_within_a_replica=(
+                len(dd_first.ids()) - len(set(dd_first.ids())),
+                len(dd_second.ids()) - len(set(dd_second.ids())),
+            ),
+            datadog_ids_delivered_by_both=len(set(dd_first.ids()) & set(dd_second.ids())),
+            jsonl=accounting(acked, jsonl_ids_both()),
+            jsonl_per_replica=(len(read_jsonl(first.jsonl).ids), len(read_jsonl(second.jsonl).ids)),
+            roles=settled,
+            delivery_switches=switches,
+            both_delivering_s=round(overlap, 2),
+        )
+        assert sum(terminated) >= 6, terminated
+        assert overlap <= LEASE_CHECK_INTERVAL_S * len(terminated), (
+            f"both replicas delivered to datadog at once for {overlap:.1f} s in all"
+        )
