@@ -124,3 +124,9 @@ JOURNAL_SEQUENCE_REPAIRS = Counter(
     "Times the journal's sequence was found below a delivery cursor while running and raised.",
     registry=REGISTRY,
 )
+JOURNAL_WRITABLE = Gauge(
+    "workos_forwarder_journal_writable",
+    "1 while the journal takes writes, 0 after a failed write (a full disk, the database down)"
+    " until one succeeds.",
+    registry=REGISTRY,
+)

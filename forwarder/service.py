@@ -12,7 +12,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -23,21 +23,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from forwarder import metrics
-from forwarder.config import ConfigError, Settings, switch
+from forwarder import failpoints, metrics
+from forwarder.config import ConfigError, Settings, duration, switch
 from forwarder.delivery import DeliveryLoop
 from forwarder.engines import SQLiteEngine, engine_for
 from forwarder.journal import Journal, JournalUnavailable
+from forwarder.masking import scrub
 from forwarder.signature import Verifier
 from forwarder.sources import load_sources
 from forwarder.sources.webhook import Receive, Scope, Send, WebhookEndpoint
+from forwarder.supervisor import Supervised, start
 from sinks import load_sinks
 from sinks.base import Sink
 
 logger = logging.getLogger("forwarder.service")
 
 _HOUSEKEEPING_INTERVAL_S = 1.0
-_PRUNE_INTERVAL_S = 60.0
 
 
 def open_journal(settings: Settings) -> Journal:
@@ -56,9 +57,11 @@ def open_journal(settings: Settings) -> Journal:
         return Journal(engine, backlog_limit=settings.backlog_limit)
     except (OSError, *engine.errors) as exc:
         variable = "FORWARDER_DATA_DIR" if isinstance(engine, SQLiteEngine) else "FORWARDER_JOURNAL_URL"
+        error = scrub(str(exc), settings.journal_url)
         raise ConfigError(
-            variable, f"cannot open the journal at {engine.location} ({exc}); check it exists and is writable"
-        ) from exc
+            variable,
+            f"cannot open the journal at {engine.location} ({error}); check it exists and is writable",
+        ) from None
 
 
 class Forwarder:
@@ -70,19 +73,35 @@ class Forwarder:
         self.journal = open_journal(settings)
         self.sources = load_sources(env, self.journal, settings.normalize)
         self.ready_requires_sinks = switch(env, "FORWARDER_READY_REQUIRES_SINKS", False)
+        self.prune_interval_s = duration(env, "FORWARDER_PRUNE_INTERVAL", "60s")
+        try:
+            self._failpoints = failpoints.parse(env.get("FORWARDER_FAILPOINTS", ""))
+        except ValueError as exc:
+            raise ConfigError("FORWARDER_FAILPOINTS", f"{exc}; leave it unset outside rehearsals") from exc
         self.loops: list[DeliveryLoop] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self.tasks: list[Supervised] = []
+        self._delivery_tasks: list[asyncio.Task[None]] = []
+        self._other_tasks: list[asyncio.Task[None]] = []
         self._source_tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        """Start every background task under supervision (``forwarder.supervisor``)."""
         await self.journal.register_sinks(sink.name for sink in self.sinks)
         for sink in self.sinks:
-            loop = DeliveryLoop(sink, self.journal, max_attempts=self.settings.max_attempts)
+            loop = DeliveryLoop(
+                sink,
+                self.journal,
+                max_attempts=self.settings.max_attempts,
+                max_retry_after_s=self.settings.max_retry_after_s,
+            )
             self.loops.append(loop)
-            self._tasks.append(asyncio.create_task(loop.run(), name=f"deliver-{sink.name}"))
-        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+            self._delivery_tasks.append(self._start(f"delivery:{sink.name}", loop.run, loop.crashed))
+        self._other_tasks.append(self._start("housekeeping", self._housekeeping))
+        self._other_tasks.append(self._start("retention", self._retention))
         for source in self.sources:
-            self._source_tasks.append(asyncio.create_task(source.run(), name=f"source-{source.name}"))
+            self._source_tasks.append(self._start(f"source:{source.name}", source.run))
+        # Armed once running: a rehearsal exercises recovery, not a failed start.
+        failpoints.arm(self._failpoints)
         logger.info(
             "forwarder started",
             extra={
@@ -92,6 +111,16 @@ class Forwarder:
             },
         )
 
+    def _start(
+        self,
+        name: str,
+        body: Callable[[], Awaitable[None]],
+        on_failure: Callable[[str], None] | None = None,
+    ) -> asyncio.Task[None]:
+        task = Supervised(name)
+        self.tasks.append(task)
+        return start(task, body, on_failure=on_failure)
+
     async def stop(self) -> None:
         """Stop sources, let sinks drain for a bounded time, then close everything."""
         for task in self._source_tasks:
@@ -99,17 +128,17 @@ class Forwarder:
         await asyncio.gather(*self._source_tasks, return_exceptions=True)
         for loop in self.loops:
             loop.stop()
-        delivery = [task for task in self._tasks if task.get_name().startswith("deliver-")]
+        delivery = self._delivery_tasks
         _, pending = (
             await asyncio.wait(delivery, timeout=self.settings.shutdown_timeout_s) if delivery else ((), ())
         )
-        for task in self._tasks:
+        for task in [*delivery, *self._other_tasks]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*delivery, *self._other_tasks, return_exceptions=True)
         if pending:
             logger.warning(
                 "sinks still had records at shutdown; they resume from the journal on restart",
-                extra={"sinks": [task.get_name().removeprefix("deliver-") for task in pending]},
+                extra={"sinks": [task.get_name().removeprefix("delivery:") for task in pending]},
             )
         for sink in self.sinks:
             try:
@@ -120,45 +149,76 @@ class Forwarder:
         logger.info("forwarder stopped")
 
     async def _housekeeping(self) -> None:
-        next_prune = time.monotonic() + _PRUNE_INTERVAL_S
+        """Every second: the writer is alive, the journal writable, no cursor above the sequence; gauges."""
         while True:
+            self.journal.ensure_writer()
             try:
+                if self.journal.last_error is not None:
+                    await self.journal.probe()  # notice when the journal writes again
+            except JournalUnavailable:
+                pass
+            metrics.JOURNAL_WRITABLE.set(0 if self.journal.last_error is not None else 1)
+            try:
+                await self.journal.check_sequence()
                 await asyncio.to_thread(self._refresh_gauges)
-                if time.monotonic() >= next_prune:
-                    next_prune = time.monotonic() + _PRUNE_INTERVAL_S
-                    removed = await self.journal.prune(self.settings.retention_s)
-                    if removed:
-                        logger.info("retention pruned delivered records", extra={"count": removed})
-            except Exception:
-                logger.exception("housekeeping failed")
+            except JournalUnavailable as exc:
+                logger.warning("housekeeping could not read the journal", extra={"error": str(exc)})
             await asyncio.sleep(_HOUSEKEEPING_INTERVAL_S)
+
+    async def _retention(self) -> None:
+        """Every minute: delete what every sink has delivered and is older than the retention."""
+        while True:
+            await asyncio.sleep(self.prune_interval_s)
+            try:
+                removed = await self.journal.prune(self.settings.retention_s)
+            except JournalUnavailable as exc:
+                logger.warning("retention could not prune now", extra={"error": str(exc)})
+                continue
+            if removed:
+                logger.info("retention pruned delivered records", extra={"count": removed})
 
     def _refresh_gauges(self) -> None:
         stats = self.journal.stats()
         metrics.JOURNAL_EVENTS.set(stats.events)
         metrics.JOURNAL_BYTES.set(stats.bytes)
         dead = self.journal.dead_letter_counts()
+        for name, lag in self._lags().items():
+            metrics.SINK_LAG_EVENTS.labels(name).set(lag["lag_events"])
+            metrics.SINK_LAG_SECONDS.labels(name).set(lag["lag_seconds"])
+            metrics.DEAD_LETTERS.labels(name).set(dead.get(name, 0))
+
+    def _lags(self) -> dict[str, dict[str, float]]:
+        """Each sink's lag in records and seconds, from the cursor that counts.
+
+        A replica standing by for a sink (another one holds its lease) measures from the
+        shared cursor the active replica saves, not from its own idle one: otherwise every
+        standby reports the whole journal as lag and the lag alert fires on it.
+        """
+        saved = self.journal.cursors() if any(loop.status.role != "active" for loop in self.loops) else {}
         now = time.time()
+        lags = {}
         for loop in self.loops:
             name = loop.status.name
-            metrics.SINK_LAG_EVENTS.labels(name).set(self.journal.pending(loop.status.cursor))
-            oldest = self.journal.oldest_after(loop.status.cursor)
-            metrics.SINK_LAG_SECONDS.labels(name).set(max(now - oldest, 0.0) if oldest else 0.0)
-            metrics.DEAD_LETTERS.labels(name).set(dead.get(name, 0))
+            cursor = loop.status.cursor if loop.status.role == "active" else saved.get(name, 0)
+            oldest = self.journal.oldest_after(cursor)
+            lags[name] = {
+                "lag_events": self.journal.pending(cursor),
+                "lag_seconds": round(max(now - oldest, 0.0), 3) if oldest else 0.0,
+            }
+        return lags
 
     def status(self) -> dict[str, Any]:
         stats = self.journal.stats()
         dead = self.journal.dead_letter_counts()
-        now = time.time()
-        sinks = {}
-        for loop in self.loops:
-            oldest = self.journal.oldest_after(loop.status.cursor)
-            sinks[loop.status.name] = {
+        lags = self._lags()
+        sinks = {
+            loop.status.name: {
                 **asdict(loop.status),
-                "lag_events": self.journal.pending(loop.status.cursor),
-                "lag_seconds": round(max(now - oldest, 0.0), 3) if oldest else 0.0,
+                **lags[loop.status.name],
                 "dead_letters": dead.get(loop.status.name, 0),
             }
+            for loop in self.loops
+        }
         return {
             "journal": {
                 "location": self.journal.location,
@@ -171,10 +231,14 @@ class Forwarder:
             },
             "sinks": sinks,
             "sources": {source.name: source.status() for source in self.sources},
+            "tasks": {task.name: asdict(task) for task in self.tasks},
         }
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         problems: list[str] = []
+        if not self.journal.writer_alive:
+            problems.append("journal: the writer thread is not running")
+        problems.extend(f"task {task.name}: {task.stopped}" for task in self.tasks if task.stopped)
         if self.journal.last_error is not None:
             try:
                 await self.journal.probe()
