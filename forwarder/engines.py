@@ -9,11 +9,15 @@ lock that lets exactly one process deliver to a given sink while others stand by
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
-import re
 import sqlite3
 from pathlib import Path
 from typing import Any, Protocol
+
+from forwarder.masking import mask_url
+
+logger = logging.getLogger("forwarder.engines")
 
 SCHEMA_VERSION = 2
 """1: ``events.seq`` a plain SQLite rowid (numbers reused once the table is empty); 2: never reused."""
@@ -108,6 +112,33 @@ class _FileLease:
         os.close(self._fd)
 
 
+def private_directory(directory: Path) -> None:
+    """Create ``directory`` (and parents) readable by this user only; warn if it exists and is not.
+
+    The journal holds emails and IP addresses. The SQLite files are 0600 in any case; an
+    existing directory is the operator's, so it is reported rather than changed.
+    """
+    try:
+        directory.mkdir(mode=0o700, parents=True)
+        directory.chmod(0o700)  # mkdir's mode is filtered by the umask; this is not
+    except FileExistsError:
+        mode = directory.stat().st_mode & 0o777
+        if mode & 0o077:
+            logger.warning(
+                "the data directory is readable by other users; it holds events (emails, IPs): chmod 700 it",
+                extra={"directory": str(directory), "mode": oct(mode)},
+            )
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` 0600 if missing, or make it 0600: files holding events are not world-readable.
+
+    SQLite gives its -wal and -shm files the database file's mode, so this covers all three.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
+
+
 class SQLiteEngine:
     """One file in WAL mode; readers never block the writer, other processes may write too."""
 
@@ -119,7 +150,8 @@ class SQLiteEngine:
         self.location = str(path)
         self._synchronous = synchronous.upper()
         self._max_bytes = max_bytes
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_directory(path.parent)
+        private_file(path)
 
     def connect(self, *, writer: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
@@ -220,7 +252,6 @@ class _SessionLease:
         self._conn.close()
 
 
-_PASSWORD = re.compile(r"(://[^:/@]+):[^@]*@")
 # Advisory lock keys are per database and schema, so journals side by side do not contend.
 _LOCK_KEY = "hashtext(current_database() || '/' || current_schema() || '/' || %s)"
 
@@ -243,7 +274,7 @@ class PostgresEngine:
 
         self._psycopg = psycopg
         self.url = url
-        self.location = _PASSWORD.sub(r"\1:***@", url)
+        self.location = mask_url(url)
         self.errors = (psycopg.Error,)
         self._statements: dict[str, str] = {}
 

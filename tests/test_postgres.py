@@ -118,3 +118,38 @@ def test_dropped_database_connection_gives_503_then_recovers(
     assert answers[-1].status_code == 200, "the writer did not reconnect"
     stored = service.status()["journal"]["events"]
     assert stored == 1 + sum(response.status_code == 200 for response in answers)
+
+
+def test_a_standby_replica_reports_the_lag_of_the_shared_cursor(
+    start_service: StartService, pg_url: str
+) -> None:
+    """Two replicas, a caught-up sink: neither reports lag (the standby once reported the whole
+    journal, so the lag alert fired on every standby)."""
+    first = start_service(name="first", FORWARDER_JOURNAL_URL=pg_url, PROMETHEUS_SINK="off")
+    second = start_service(name="second", FORWARDER_JOURNAL_URL=pg_url, PROMETHEUS_SINK="off")
+    events = [make_event("user.created") for _ in range(20)]
+    for event in events:
+        assert first.post(event).status_code == 200
+    wait_for(lambda: len(_delivered(first, second)) == 20, what="20 records delivered by one replica")
+
+    def lags() -> list[float]:
+        return [
+            service.metric("workos_forwarder_sink_lag_events", sink="jsonl") for service in (first, second)
+        ]
+
+    wait_for(lambda: lags() == [0.0, 0.0], timeout=10, what="no lag on either replica")
+    roles = sorted(service.status()["sinks"]["jsonl"]["role"] for service in (first, second))
+    assert roles == ["active", "standby"]
+    assert [service.status()["sinks"]["jsonl"]["lag_events"] for service in (first, second)] == [0, 0]
+
+
+def test_the_journal_password_is_not_shown_in_status_or_logs(
+    start_service: StartService, pg_url: str
+) -> None:
+    """Trust authentication ignores the password, so a real service runs with one in its URL."""
+    service = start_service(FORWARDER_JOURNAL_URL=f"{pg_url}&password=hunter2secret")
+    assert service.post(make_event("user.created")).status_code == 200
+
+    location = service.status()["journal"]["location"]
+    assert "password=***" in location
+    assert "hunter2secret" not in service.stderr_path.read_text() + str(service.status())
