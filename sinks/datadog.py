@@ -41,6 +41,7 @@ from zlib_ng import gzip_ng
 
 from forwarder import metrics
 from forwarder.config import ConfigError, choice, duration, integer, max_retry_after
+from forwarder.masking import mask_url
 from forwarder.retry_after import retry_after_from_headers
 from sinks.base import EventFilter, PermanentError, Record, RetryableError, run_in_background
 
@@ -74,6 +75,8 @@ DEFAULT_MAX_RETRY_AFTER_S = 300.0
 BACKFILL_POLICIES = ("restamp", "keep", "drop")
 TRUNCATION_MARK = " [truncated]"
 REQUEST_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+REQUEST_DEADLINE_S = 30.0
+"""The whole request, body and answer included: a trickling intake cannot hold the sink longer."""
 
 BACKFILL_DROPPED = Counter(
     "workos_forwarder_sink_backfill_dropped",
@@ -126,6 +129,8 @@ class DatadogSink:
         self.linger_s = linger_s
         self.events = events
         self.url = url
+        self.shown_url = mask_url(url)
+        """The URL as logs and errors show it: without a password."""
         self._compression_level = compression_level
         self._backfill_policy = backfill_policy
         self._in_flight = asyncio.Semaphore(max_in_flight)
@@ -231,11 +236,20 @@ class DatadogSink:
             body = await run_in_background(gzip_ng.compress, body, self._compression_level)
         async with self._in_flight:
             try:
-                response = await self._client.post(self.url, content=body)
-            except httpx.HTTPError as exc:
+                # httpx's timeouts are per read: without a deadline for the whole request, an
+                # intake answering byte by byte would hold the sink forever.
+                response = await asyncio.wait_for(
+                    self._client.post(self.url, content=body), REQUEST_DEADLINE_S
+                )
+            except (httpx.HTTPError, TimeoutError) as exc:
                 metrics.SINK_REQUESTS.labels(self.name, "error").inc()
                 metrics.SINK_RETRIES.labels(self.name, "error").inc()
-                raise RetryableError(f"{self.name}: cannot reach {self.url}: {exc!r}") from exc
+                detail = (
+                    f"no complete answer within {REQUEST_DEADLINE_S:g} s"
+                    if isinstance(exc, TimeoutError)
+                    else repr(exc)
+                )
+                raise RetryableError(f"{self.name}: cannot reach {self.shown_url}: {detail}") from exc
         status_class = f"{response.status_code // 100}xx"
         metrics.SINK_REQUESTS.labels(self.name, status_class).inc()
         metrics.SINK_BYTES.labels(self.name).inc(len(body))
@@ -253,7 +267,7 @@ class DatadogSink:
         detail = _excerpt(response.text)
         if status in (401, 403):
             reason = (
-                f"{self.name}: HTTP {status} from {self.url}: the API key was rejected; "
+                f"{self.name}: HTTP {status} from {self.shown_url}: the API key was rejected; "
                 f"check DD_API_KEY and that DD_SITE matches the key's Datadog site ({detail})"
             )
             if not self._credentials_rejected:
@@ -262,12 +276,13 @@ class DatadogSink:
             return RetryableError(reason, unhealthy=True)
         if status in (408, 429) or status >= 500:
             return RetryableError(
-                f"{self.name}: HTTP {status} from {self.url}: {detail}",
+                f"{self.name}: HTTP {status} from {self.shown_url}: {detail}",
                 retry_after=retry_after_from_headers(response.headers, cap=self._max_retry_after_s),
             )
         # 404, 405 and friends mean the URL is not a logs intake: an operator must fix it.
         return RetryableError(
-            f"{self.name}: unexpected HTTP {status} from {self.url}; check DD_LOGS_URL / DD_SITE ({detail})",
+            f"{self.name}: unexpected HTTP {status} from {self.shown_url};"
+            f" check DD_LOGS_URL / DD_SITE ({detail})",
             unhealthy=True,
         )
 

@@ -49,12 +49,16 @@ from opentelemetry.util.re import parse_env_headers
 
 from forwarder import metrics
 from forwarder.config import ConfigError, max_retry_after
+from forwarder.masking import mask_url
 from forwarder.retry_after import retry_after_seconds
 from sinks.base import EventFilter, PermanentError, Record, RetryableError, run_in_background
+from sinks.request_deadline import DeadlineSession
 
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 512
+DEFAULT_REQUEST_DEADLINE_S = 10.0
+"""A request's deadline when the exporter passes no timeout (it passes OTEL_EXPORTER_OTLP_TIMEOUT)."""
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 UINT64_MAX = 2**64 - 1
 # Nested objects become dotted attribute keys down to MAX_KEY_DEPTH levels; below that a
@@ -106,23 +110,41 @@ class _Attempt:
     error: str | None
 
 
-class _ObservedSession(requests.Session):
+class _ObservedSession(DeadlineSession):
     """A requests session that reports transport failures, which the exporter only logs.
 
     With it, an export that failed with neither an HTTP answer nor a transport error is
     known to have failed locally (encoding, the exporter's size limit), not on the network.
+    Each request ends by the exporter's timeout in total (``DeadlineSession``), so a
+    collector that answers byte by byte cannot hold the sink.
     """
 
     def __init__(self, on_error: Callable[[str], None]) -> None:
-        super().__init__()
+        super().__init__(default_deadline_s=DEFAULT_REQUEST_DEADLINE_S)
         self._on_error = on_error
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         try:
-            return super().send(request, **kwargs)
+            response = super().send(request, **kwargs)
         except requests.RequestException as exc:
             self._on_error(f"{type(exc).__name__}: {exc}")
             raise
+        if response.ok and not _framed(response):
+            # http.client takes the end of the stream for the end of the headers, so an answer
+            # cut inside them ("HTTP/1.1 202 Accepted\r\nContent-Ty") looks like a success
+            # with an empty body: the batch would be counted delivered and lost.
+            reason = (
+                f"the answer from {request.url} ended before its headers did (HTTP {response.status_code})"
+            )
+            self._on_error(f"IncompleteAnswer: {reason}")
+            raise requests.ConnectionError(reason, request=request, response=response)
+        return response
+
+
+def _framed(response: requests.Response) -> bool:
+    """Whether the answer said where its body ends, as every HTTP/1.1 collector's answer does."""
+    headers = response.headers
+    return "content-length" in headers or "chunked" in headers.get("transfer-encoding", "").lower()
 
 
 class OtlpSink:
@@ -143,7 +165,7 @@ class OtlpSink:
     ) -> None:
         self.name = name
         self.events = events
-        self.endpoint = str(exporter_options["endpoint"])
+        self.endpoint = mask_url(str(exporter_options["endpoint"]))  # for messages: no password
         self._max_retry_after_s = max_retry_after_s
         self._service_name = service_name
         self._resource_attributes = dict(resource_attributes or {})
@@ -278,6 +300,7 @@ class OtlpSink:
     def _transport_failed(self, error: str) -> None:
         with self._status_lock:
             self._last_transport_error = error
+            self._last_status = None  # a status the response hook saw on a broken answer does not count
 
     def _observe(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         """requests response hook, called in the exporter's thread for every attempt."""
