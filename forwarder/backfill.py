@@ -215,7 +215,9 @@ async def _run(
     from forwarder.service import open_journal
 
     journal = open_journal(settings)
-    client = EventsApiClient(api.url, api.api_key, on_wait=progress.notice)
+    client = EventsApiClient(
+        api.url, api.api_key, on_wait=progress.notice, max_retry_after_s=settings.max_retry_after_s
+    )
     sync = EventsSync(
         client,
         journal,

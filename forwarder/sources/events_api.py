@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 import orjson
 
-from forwarder import metrics
+from forwarder import failpoints, metrics
 from forwarder.catalog import KNOWN_EVENT_TYPES
 from forwarder.config import ConfigError, duration, max_retry_after
 from forwarder.delivery import backoff_delay
@@ -548,13 +548,17 @@ class EventsApiPoller:
                 except (ApiUnavailable, JournalUnavailable) as exc:
                     self._failed("unavailable", str(exc), logging.WARNING, wait)
                 except Exception as exc:  # a bug here must not end reconciliation for good
+                    # Handled here rather than by the supervisor, which would restart run()
+                    # with the client closed by the finally below; counted the same way.
                     logger.exception("Events API poll failed unexpectedly")
+                    metrics.TASK_RESTARTS.labels(f"source:{self.name}").inc()
                     self._failed("error", f"{type(exc).__name__}: {exc}", logging.DEBUG, wait)
                 await asyncio.sleep(wait)
         finally:
             await self._client.aclose()
 
     async def _poll(self) -> None:
+        failpoints.hit("poller.poll")
         new = 0
         async for result in self._sync.pages():
             new += result.new

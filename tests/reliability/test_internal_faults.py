@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import with_flaky_sink
+from tests.doubles.workos_api import API_KEY, WorkOSEventsAPI, api_events
 from tests.samples import make_event
 from tests.service import Service, wait_for
 
@@ -140,3 +141,27 @@ def test_one_record_a_sink_cannot_take_is_isolated_and_the_rest_delivered(
     listing = service.cli("dlq", "list", "--sink", "flaky").stdout
     assert poison["id"] in listing and "cannot take" in listing
     assert poison["id"] not in flaky_ids(tmp_path)
+
+
+def test_a_poller_that_fails_goes_on_and_stores_what_it_missed(start_service: StartService) -> None:
+    """Promise: a bug in the Events API poller costs a poll, not reconciliation: it is counted, shown
+    in /status, and the next poll stores the events only the API had."""
+    api = WorkOSEventsAPI().start()
+    try:
+        service = start_service(
+            WORKOS_API_KEY=API_KEY,
+            WORKOS_API_URL=api.url,
+            WORKOS_POLL_INTERVAL="300ms",
+            FORWARDER_FAILPOINTS="poller.poll=2",
+        )
+        missed = api_events(5)
+        api.add(missed)
+
+        wait_for(
+            lambda: {e["id"] for e in missed} <= set(service.record_ids()), what="the API's events stored"
+        )
+        assert restarts(service, "source:events_api") == 2
+        assert "InjectedFault" in service.stderr_path.read_text()
+        assert service.status()["sources"]["events_api"]["state"] == "ok"
+    finally:
+        api.stop()
