@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict
@@ -83,6 +84,7 @@ class Forwarder:
         self._delivery_tasks: list[asyncio.Task[None]] = []
         self._other_tasks: list[asyncio.Task[None]] = []
         self._source_tasks: list[asyncio.Task[None]] = []
+        self._reopening: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Start every background task under supervision (``forwarder.supervisor``)."""
@@ -102,6 +104,9 @@ class Forwarder:
             self._source_tasks.append(self._start(f"source:{source.name}", source.run))
         # Armed once running: a rehearsal exercises recovery, not a failed start.
         failpoints.arm(self._failpoints)
+        # SIGHUP ends a process by default; here it asks sinks to reopen their files (logrotate).
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread (tests)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reopen_outputs)
         logger.info(
             "forwarder started",
             extra={
@@ -120,6 +125,15 @@ class Forwarder:
         task = Supervised(name)
         self.tasks.append(task)
         return start(task, body, on_failure=on_failure)
+
+    def _reopen_outputs(self) -> None:
+        logger.info("SIGHUP: reopening sink outputs")
+        for sink in self.sinks:
+            reopen = getattr(sink, "reopen", None)
+            if reopen is not None:
+                task = asyncio.create_task(reopen(), name=f"reopen:{sink.name}")
+                self._reopening.add(task)
+                task.add_done_callback(self._reopening.discard)
 
     async def stop(self) -> None:
         """Stop sources, let sinks drain for a bounded time, then close everything."""

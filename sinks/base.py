@@ -124,7 +124,9 @@ class Sink(Protocol):
 
     A sink may also set ``linger_s``: once caught up, the loop waits that long for more
     records before the next ``send`` (default 0.05 s), so a remote sink is not called once
-    per webhook. A backlog is always sent in full batches without waiting.
+    per webhook. A backlog is always sent in full batches without waiting. ``send_timeout_s``
+    (default 300 s) bounds one ``send``: past it the call is abandoned and retried. A sink
+    that writes files may have ``async def reopen()``, called on SIGHUP (logrotate).
     """
 
     name: str
