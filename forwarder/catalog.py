@@ -141,9 +141,27 @@ _WARNING_TYPES = frozenset(
 )
 
 
+CATEGORIES: frozenset[str] = frozenset(event_type.partition(".")[0] for event_type in KNOWN_EVENT_TYPES)
+"""The first segments of the known types (``authentication``, ``dsync``, ...): every category there is."""
+
+OTHER = "other"
+"""The label value, tag and category of whatever the catalog does not know."""
+
+
 def category(event_type: str) -> str:
-    """First dot-separated segment: ``agent.registration.created`` -> ``agent``."""
-    return event_type.partition(".")[0]
+    """The type's first dot-separated segment when the catalog knows it, else ``other``.
+
+    ``agent.registration.created`` -> ``agent``; ``authentication.webauthn_failed`` (a type
+    WorkOS may add) -> ``authentication``, so alerts on authentication failures see it;
+    ``ada@example.com.signed_in`` -> ``other``. The type comes from the wire: a category
+    taken from it verbatim would let a sender mint a Prometheus series, a Datadog facet value
+    or an email in a label per request. The full type stays in the record's ``evt.name``.
+    """
+    known = _CATEGORY_OF.get(event_type)
+    if known is not None:
+        return known
+    first = event_type.partition(".")[0]
+    return first if first in CATEGORIES else OTHER
 
 
 def _outcome_from_name(event_type: str) -> Outcome:
@@ -164,6 +182,7 @@ def _status_from_name(event_type: str) -> Status:
 
 
 # Precomputed for the known types: these run on every event.
+_CATEGORY_OF: dict[str, str] = {t: t.partition(".")[0] for t in KNOWN_EVENT_TYPES}
 _OUTCOMES: dict[str, Outcome] = {t: _outcome_from_name(t) for t in KNOWN_EVENT_TYPES}
 _STATUSES: dict[str, Status] = {t: _status_from_name(t) for t in KNOWN_EVENT_TYPES}
 
@@ -182,4 +201,15 @@ def status(event_type: str) -> Status:
 
 def metric_event_label(event_type: str) -> str:
     """The type itself when known, else ``other``: Prometheus labels must stay bounded."""
-    return event_type if event_type in KNOWN_EVENT_TYPES else "other"
+    return event_type if event_type in KNOWN_EVENT_TYPES else OTHER
+
+
+def metric_labels(event_type: str) -> tuple[str, str, Outcome]:
+    """``(event, category, outcome)`` of ``workos_events_total`` for a type from the wire.
+
+    Every value is drawn from a fixed set (the known types plus ``other``, ``CATEGORIES``
+    plus ``other``, the four outcomes), so whatever types arrive, the counter has at most
+    ``len(KNOWN_EVENT_TYPES) + 4 * (len(CATEGORIES) + 1)`` series, and no label ever
+    carries an id or an email.
+    """
+    return metric_event_label(event_type), category(event_type), outcome(event_type)

@@ -8,11 +8,18 @@ This runs for every webhook before it is acknowledged, so it is kept cheap: no c
 the event (``workos.data`` *is* the caller's object), regexes compiled once, the tag string
 cached per (env, type). It must never fail on a well-formed event with a new type or new
 fields: WorkOS adds both over time.
+
+It is also where input from the wire is bounded, once for every source (webhook, Events API
+poller, backfill): ``id`` and ``event`` are short printable text, and the record can be
+encoded. Whatever fails these checks is ``InvalidEvent`` (a 400 on the webhook, a skipped
+event with its reason on the Events API) before it reaches the journal, where one bad row
+could fail the commit of every event grouped with it.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -36,6 +43,29 @@ _JSON_TYPE_NAMES = {
     bool: "a boolean",
     type(None): "null",
 }
+
+
+MAX_TEXT_CHARS = 255
+"""Longest ``id`` and ``event`` accepted. WorkOS ids are 32 characters and types under 60. Both
+are stored as text: 255 characters (at most 1,020 bytes of UTF-8) stay well under what a
+PostgreSQL b-tree entry may hold (about 2,700 bytes), so the unique index on ids never
+refuses a row, and an id stays readable in a log line."""
+
+ORJSON_MAX_DEPTH = 254
+"""Containers orjson encodes nested at most (3.x: "Recursion limit reached" past this)."""
+
+MAX_DEPTH = ORJSON_MAX_DEPTH - 2
+"""How deep ``data``, ``context`` and ``created_at`` may nest (``{}`` is 1, ``{"a": []}`` 2).
+
+The record holds them two containers down (record, ``workos``), so this is the deepest a
+value can be and its record still be encoded by orjson: when the journal stores it, and
+again when a sink decodes and re-encodes the record (Datadog's restamping and truncation
+do). The check is that encoding itself, so it costs nothing on the hot path; this
+constant only names the limit in the error. 252 levels is far beyond any WorkOS event
+(directory ``raw_attributes`` nest a handful)."""
+
+_JSON_MAX_DEPTH = 1024
+"""Containers orjson decodes nested at most ("depth limit exceeded" past this)."""
 
 
 class InvalidEvent(ValueError):
@@ -62,11 +92,28 @@ def journal_record(event: Any, options: NormalizeOptions, *, delivery: Delivery)
     """What the journal stores for ``event``: the normalized record as JSON, beside its id,
     type and creation time (epoch seconds; None when missing or unparseable).
 
-    Raises ``InvalidEvent`` like ``normalize``. ``created_at`` is parsed once for both uses.
+    Raises ``InvalidEvent`` like ``normalize``, and also when the record cannot be encoded:
+    ``data``, ``context`` or ``created_at`` nested deeper than ``MAX_DEPTH``. That is checked
+    by the encoding the journal needs anyway, so a valid event pays nothing for it.
+    ``created_at`` is parsed once for both uses.
     """
     record, created = _normalize(event, options, delivery)
+    try:
+        encoded = orjson.dumps(record)
+    except orjson.JSONEncodeError as exc:
+        raise InvalidEvent(_unencodable(event, str(exc))) from None
     created_at = created.timestamp() if created is not None else None
-    return NewRecord(event["id"], event["event"], created_at, orjson.dumps(record))
+    return NewRecord(event["id"], event["event"], created_at, encoded)
+
+
+def body_error(exc: orjson.JSONDecodeError) -> str:
+    """Why a request body could not be decoded, for the 400 answer: the depth limit by name."""
+    if str(exc).startswith("depth limit exceeded"):
+        return (
+            f"body is nested deeper than {_JSON_MAX_DEPTH} levels, the most the JSON decoder reads "
+            f'(an event\'s "data" and "context" may nest {MAX_DEPTH})'
+        )
+    return f"body is not JSON: {exc}"
 
 
 def _normalize(
@@ -78,12 +125,20 @@ def _normalize(
     event_id = event.get("id")
     if not isinstance(event_id, str) or not event_id:
         raise InvalidEvent(f'event has no "id": a non-empty string is required, got {_json_type(event_id)}')
+    # isprintable() is one C-level scan: it refuses C0 and C1 controls, DEL, format characters
+    # (bidi overrides, zero-width), line separators and unassigned code points, and admits
+    # any printable text (spaces and non-ASCII letters included). NUL would fail a PostgreSQL
+    # commit; the others forge or hide text in every log line and index the id reaches.
+    if len(event_id) > MAX_TEXT_CHARS or not event_id.isprintable():
+        raise InvalidEvent(_bad_text("id", event_id, event_id))
     event_type = event.get("event")
     if not isinstance(event_type, str) or not event_type:
         raise InvalidEvent(
             f'event {_clip(event_id)} has no "event" type: a non-empty string is required, '
             f"got {_json_type(event_type)}"
         )
+    if len(event_type) > MAX_TEXT_CHARS or not event_type.isprintable():
+        raise InvalidEvent(_bad_text("event", event_type, event_id))
     data = event.get("data")
     if data is None:
         data = {}
@@ -158,7 +213,10 @@ def _normalize(
     record["workos"] = workos
 
     if options.redaction is not None:
-        return options.redaction.apply(record), created
+        try:
+            return options.redaction.apply(record), created
+        except RecursionError:  # the walk recurses once per level: ~1,000 levels exhaust the stack
+            raise InvalidEvent(_unencodable(event, "too deep to redact")) from None
     return record, created
 
 
@@ -253,7 +311,7 @@ def _ddtags(env: str, event_type: str) -> str:
     ):
         event_tag = "other"
     env_tag = _TAG_UNSAFE_CHARS.sub("_", env.lower())[:196] or "unknown"
-    category = catalog.category(event_tag)
+    category = catalog.category(event_type)  # bounded by the catalog, as in workos.category
     return f"source:workos,env:{env_tag},event:{event_tag},category:{category},{FORWARDER_TAG}"
 
 
@@ -263,3 +321,58 @@ def _json_type(value: Any) -> str:
 
 def _clip(event_id: str) -> str:
     return event_id if len(event_id) <= 80 else f"{event_id[:80]}..."
+
+
+_CHARACTER_KINDS = {
+    "Cc": "a control character",
+    "Cf": "a format character",
+    "Cs": "a surrogate",
+    "Co": "a private-use character",
+    "Cn": "an unassigned code point",
+    "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+    "Zs": "a space other than U+0020",
+}
+
+
+def _bad_text(field: str, value: str, event_id: str) -> str:
+    """Why ``value`` (the event's ``id`` or ``event``) is refused, naming the field, the first
+    offending character by code point, and the event (escaped: the id may be the culprit)."""
+    if len(value) > MAX_TEXT_CHARS:
+        problem = f'"{field}" is {len(value)} characters long; the limit is {MAX_TEXT_CHARS}'
+    else:
+        index, char = next((i, c) for i, c in enumerate(value) if not c.isprintable())
+        kind = _CHARACTER_KINDS.get(unicodedata.category(char), "a non-printable character")
+        problem = f'"{field}" contains {kind} (U+{ord(char):04X}) at index {index}'
+    if field == "id":
+        return f"{problem}: {_clip(event_id)!a}"
+    return f"event {_clip(event_id)}: {problem}"
+
+
+def _depth(value: Any) -> int:
+    """How deep ``value`` nests (a scalar 0, ``[]`` 1), counting at most ``_JSON_MAX_DEPTH + 1``.
+
+    Only for error messages: a walk over every container is what the hot path avoids."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if type(item) is dict else item if type(item) is list else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if level <= _JSON_MAX_DEPTH:
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _unencodable(event: dict[str, Any], cause: str) -> str:
+    """Why the record of ``event`` cannot be encoded: the field that nests too deep, by name."""
+    for field in ("data", "context", "created_at"):
+        depth = _depth(event.get(field))
+        if depth > MAX_DEPTH:
+            return (
+                f'event {_clip(event["id"])}: "{field}" is nested {depth} levels deep; '
+                f"the limit is {MAX_DEPTH}"
+            )
+    return f"event {_clip(event['id'])}: the record cannot be encoded as JSON ({cause})"

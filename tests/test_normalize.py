@@ -5,14 +5,28 @@ from __future__ import annotations
 import copy
 import re
 import time
+import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from forwarder import catalog
-from forwarder.normalize import InvalidEvent, NormalizeOptions, event_time, journal_record, normalize
+from forwarder.normalize import (
+    MAX_DEPTH,
+    MAX_TEXT_CHARS,
+    ORJSON_MAX_DEPTH,
+    InvalidEvent,
+    NormalizeOptions,
+    body_error,
+    event_time,
+    journal_record,
+    normalize,
+)
+from forwarder.redaction import Redactor
 from tests.samples import (
     CONNECTION_ID,
     DIRECTORY_USER_ID,
@@ -98,14 +112,14 @@ def test_statuses_of_the_known_types() -> None:
     [
         ("agent.registration.created", "agent", "info", "info"),
         ("pipes.connected_account.connection_failed", "pipes", "failure", "error"),
-        ("resource_export.failed", "resource_export", "failure", "error"),
+        ("resource_export.failed", "other", "failure", "error"),
         ("pipes.account_connection.add_failed", "pipes", "failure", "error"),
         ("authentication.webauthn_timed_out", "authentication", "failure", "error"),
         ("action.invitation.denied", "action", "failure", "error"),
-        ("domain.succeeded", "domain", "success", "info"),
+        ("domain.succeeded", "other", "success", "info"),
         ("authentication.totp_succeeded", "authentication", "success", "info"),
         ("vault.dek.rekeyed", "vault", "info", "info"),
-        ("heartbeat", "heartbeat", "info", "info"),
+        ("heartbeat", "other", "info", "info"),
     ],
 )
 def test_unknown_and_known_types_are_classified_by_name(
@@ -120,6 +134,43 @@ def test_metric_label_is_bounded_to_the_catalog() -> None:
     assert catalog.metric_event_label("authentication.sso_failed") == "authentication.sso_failed"
     assert catalog.metric_event_label("resource_export.created") == "other"
     assert catalog.metric_event_label("user.created user_01HWZBQ8NJ5J7Y2D3XKTA9C6RE") == "other"
+
+
+@pytest.mark.parametrize(
+    ("event_type", "labels"),
+    [
+        ("authentication.sso_failed", ("authentication.sso_failed", "authentication", "failure")),
+        ("authentication.webauthn_failed", ("other", "authentication", "failure")),
+        ("ada@example.com.signed_in", ("other", "other", "info")),
+        ("widget.frobnicated", ("other", "other", "info")),
+        ("feature_flags.flag.created", ("other", "other", "info")),
+    ],
+)
+def test_metric_labels_of_known_and_unknown_types(event_type: str, labels: tuple[str, str, str]) -> None:
+    assert catalog.metric_labels(event_type) == labels
+
+
+_ALL_LABELS = {catalog.metric_labels(event_type) for event_type in catalog.KNOWN_EVENT_TYPES}
+
+
+@given(st.text(max_size=80) | st.sampled_from(sorted(catalog.KNOWN_EVENT_TYPES)).map(lambda t: f"{t}.x"))
+@example("user.created")
+@example("ada@example.com.signed_in")
+def test_every_label_value_comes_from_the_catalog(event_type: str) -> None:
+    event, category, outcome = catalog.metric_labels(event_type)
+    assert event in catalog.KNOWN_EVENT_TYPES | {"other"}
+    assert category in catalog.CATEGORIES | {"other"}
+    assert outcome in ("success", "failure", "started", "info")
+    if event != "other":
+        assert (event, category, outcome) in _ALL_LABELS
+
+
+def test_series_are_bounded_by_the_catalog_size() -> None:
+    made_up = [f"made_up_{n}.thing_happened" for n in range(200)]
+    made_up += [f"authentication.new_{n}_failed" for n in range(200)]
+    made_up += [f"user{n}@example.com.signed_in" for n in range(200)]
+    series = {catalog.metric_labels(event_type) for event_type in made_up}
+    assert series == {("other", "other", "info"), ("other", "authentication", "failure")}
 
 
 # --- Every sample, table-driven ---------------------------------------------------------------
@@ -374,9 +425,9 @@ EXPECTED: dict[str, dict[str, Any]] = {
         usr={"email": INVITEE_EMAIL},
         actor=True,
     ),
-    "unknown_type": _expect("info/info/resource_export", "resource_export.created", actor=True),
+    "unknown_type": _expect("info/info/other", "resource_export.created", actor=True),
     "unknown_failure": _expect(
-        "error/failure/resource_export",
+        "error/failure/other",
         "resource_export.failed: export_too_large",
         error={"kind": "export_too_large", "message": "The export exceeded 10 GB."},
     ),
@@ -520,21 +571,26 @@ def test_tags_are_datadog_valid_and_never_carry_ids_or_emails(name: str) -> None
 
 
 @pytest.mark.parametrize(
-    ("event_type", "tag"),
+    ("event_type", "tag", "category"),
     [
-        ("resource_export.created", "event:resource_export.created"),
-        ("Resource_Export.Created", "event:resource_export.created"),
-        ("user.created.user_01HWZBQ8NJ5J7Y2D3XKTA9C6RE", "event:other"),
-        (f"user.created for {EMAIL}", "event:other"),
-        ("audit," + "x" * 300, "event:other"),
-        ("9lives.created", "event:other"),
+        ("resource_export.created", "event:resource_export.created", "other"),
+        ("Resource_Export.Created", "event:resource_export.created", "other"),
+        ("authentication.webauthn_failed", "event:authentication.webauthn_failed", "authentication"),
+        ("user.created.user_01HWZBQ8NJ5J7Y2D3XKTA9C6RE", "event:other", "user"),
+        (f"user.created for {EMAIL}", "event:other", "user"),
+        ("audit," + "x" * 200, "event:other", "other"),
+        ("9lives.created", "event:other", "other"),
+        (f"{EMAIL}.signed_in", "event:other", "other"),
     ],
 )
-def test_unusual_types_are_tagged_safely_but_kept_in_the_record(event_type: str, tag: str) -> None:
+def test_unusual_types_are_tagged_safely_but_kept_in_the_record(
+    event_type: str, tag: str, category: str
+) -> None:
     record = normalize(make_event(event_type), OPTIONS)
     tags = _tags(record)
     assert tags[2] == tag
-    assert tags[3] == f"category:{tag.removeprefix('event:').split('.')[0]}"
+    assert tags[3] == f"category:{category}"
+    assert record["workos"]["category"] == category
     assert len(tags) == 5
     assert record["evt"]["name"] == event_type
     assert record["workos"]["event"] == event_type
@@ -642,6 +698,138 @@ def test_invalid_events_are_rejected_with_the_reason(event: Any, says: str) -> N
 
 def test_invalid_event_is_a_value_error() -> None:
     assert issubclass(InvalidEvent, ValueError)
+
+
+# --- Bad input: text fields, nesting ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("event", "says"),
+    [
+        (
+            {"id": "event_\x00abc", "event": "user.created"},
+            '"id" contains a control character (U+0000) at index 6',
+        ),
+        (
+            {"id": "event_01HX\n", "event": "user.created"},
+            '"id" contains a control character (U+000A) at index 10',
+        ),
+        ({"id": "event_\x7f", "event": "user.created"}, '"id" contains a control character (U+007F)'),
+        ({"id": "event_\x9b", "event": "user.created"}, '"id" contains a control character (U+009B)'),
+        ({"id": "event_\u202e", "event": "user.created"}, '"id" contains a format character (U+202E)'),
+        ({"id": "e" * 256, "event": "user.created"}, '"id" is 256 characters long; the limit is 255'),
+        ({"id": "event_01HX", "event": "user.\x00created"}, 'event event_01HX: "event" contains a control'),
+        ({"id": "event_01HX", "event": "user.created\r\n"}, '"event" contains a control character (U+000D)'),
+        ({"id": "event_01HX", "event": "u" * 256}, 'event event_01HX: "event" is 256 characters long'),
+    ],
+)
+def test_control_characters_and_long_ids_are_refused_naming_the_field(event: Any, says: str) -> None:
+    with pytest.raises(InvalidEvent, match=re.escape(says)):
+        journal_record(event, OPTIONS, delivery="webhook")
+
+
+def test_the_refused_id_is_shown_escaped() -> None:
+    with pytest.raises(InvalidEvent) as refused:
+        normalize({"id": "event_\x00\x1b[31m", "event": "user.created"}, OPTIONS)
+    assert str(refused.value).isprintable()
+    assert "'event_\\x00\\x1b[31m'" in str(refused.value)
+
+
+def _printable(text: str) -> bool:
+    """The rule, stated apart from ``str.isprintable``: no "other" (Cc, Cf, Cs, Co, Cn) and no
+    separator (Zs, Zl, Zp) but the plain space."""
+    return all(char == " " or unicodedata.category(char)[0] not in "CZ" for char in text)
+
+
+@pytest.mark.parametrize("code", [*range(0x20), 0x7F, *range(0x80, 0xA0)], ids=lambda code: f"U+{code:04X}")
+@pytest.mark.parametrize("field", ["id", "event"])
+def test_every_c0_and_c1_control_and_del_is_refused(code: int, field: str) -> None:
+    event = {"id": "event_01HX", "event": "user.created"}
+    event[field] = f"{event[field][:5]}{chr(code)}{event[field][5:]}"
+    says = f'"{field}" contains a control character (U+{code:04X}) at index 5'
+    with pytest.raises(InvalidEvent, match=re.escape(says)):
+        journal_record(event, OPTIONS, delivery="api")
+
+
+@given(st.text(min_size=1, max_size=300), st.text(min_size=1, max_size=300))
+@example("event_01HX", "user.created")
+@example("e" * MAX_TEXT_CHARS, "é" * MAX_TEXT_CHARS)
+@example("event 01HX", "user.created for ada")
+def test_ids_and_types_are_accepted_exactly_when_short_and_printable(event_id: str, event_type: str) -> None:
+    event = {"id": event_id, "event": event_type}
+    id_ok = len(event_id) <= MAX_TEXT_CHARS and _printable(event_id)
+    type_ok = len(event_type) <= MAX_TEXT_CHARS and _printable(event_type)
+    try:
+        stored = journal_record(event, OPTIONS, delivery="api")
+    except InvalidEvent as exc:
+        assert not (id_ok and type_ok)
+        assert ('"id"' if not id_ok else '"event"') in str(exc)
+        assert str(exc).isprintable()
+    else:
+        assert id_ok and type_ok
+        assert (stored.event_id, stored.event_type) == (event_id, event_type)
+        assert "\x00" not in stored.event_id + stored.event_type
+
+
+_JSON_TEXT = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=20)
+
+
+@given(st.dictionaries(_JSON_TEXT, _JSON_TEXT | st.lists(_JSON_TEXT, max_size=3), max_size=5))
+@example({"note": "a\x00b", "a\x00key": "\x00", "ctl": "\x1b\x7f\x85"})
+def test_any_text_inside_data_is_kept_unchanged(data: dict[str, Any]) -> None:
+    event = make_event("user.updated", data=data)
+    stored = journal_record(event, OPTIONS, delivery="webhook")
+    assert orjson.loads(stored.json)["workos"]["data"] == data
+    assert b"\x00" not in stored.json  # escaped as \u0000: valid JSON and bytes any engine stores
+
+
+def _nested(depth: int, kind: str = "object") -> Any:
+    """A value nested ``depth`` containers deep (``{}`` is 1)."""
+    value: Any = {} if kind == "object" else []
+    for _ in range(depth - 1):
+        value = {"a": value} if kind == "object" else [value]
+    return value
+
+
+def test_orjson_still_encodes_exactly_254_levels() -> None:
+    # MAX_DEPTH is derived from this; an orjson upgrade that moves it must be noticed here.
+    orjson.dumps(_nested(ORJSON_MAX_DEPTH))
+    with pytest.raises(orjson.JSONEncodeError, match="Recursion limit"):
+        orjson.dumps(_nested(ORJSON_MAX_DEPTH + 1))
+
+
+@pytest.mark.parametrize("field", ["data", "context", "created_at"])
+@pytest.mark.parametrize("kind", ["object", "array"])
+def test_nesting_up_to_the_limit_is_stored_and_beyond_it_refused(field: str, kind: str) -> None:
+    deepest = _nested(MAX_DEPTH, kind)
+    if field == "data" and kind == "array":
+        deepest = {"a": _nested(MAX_DEPTH - 1, kind)}
+    stored = journal_record(make_event("user.created", **{field: deepest}), OPTIONS, delivery="api")
+    assert orjson.loads(orjson.dumps(orjson.loads(stored.json))) == orjson.loads(stored.json)
+
+    too_deep = {"a": _nested(MAX_DEPTH, kind)}
+    event = make_event("user.created", **{field: too_deep})
+    says = f'event {event["id"]}: "{field}" is nested {MAX_DEPTH + 1} levels deep; the limit is {MAX_DEPTH}'
+    with pytest.raises(InvalidEvent, match=re.escape(says)):
+        journal_record(event, OPTIONS, delivery="api")
+
+
+@pytest.mark.parametrize("depth", [300, 1_000, 1_023])
+@pytest.mark.parametrize("redaction", [None, Redactor(mode="drop")], ids=["plain", "redacted"])
+def test_deep_data_is_an_invalid_event_never_another_error(depth: int, redaction: Redactor | None) -> None:
+    options = NormalizeOptions(redaction=redaction)
+    event = make_event("user.created", data=_nested(depth))
+    with pytest.raises(InvalidEvent, match=f'"data" is nested {depth} levels deep; the limit is {MAX_DEPTH}'):
+        journal_record(event, options, delivery="webhook")
+
+
+def test_a_body_too_deep_to_decode_names_the_decoder_limit() -> None:
+    with pytest.raises(orjson.JSONDecodeError) as refused:
+        orjson.loads(b'{"data":' + b"[" * 1_100 + b"]" * 1_100 + b"}")
+    assert body_error(refused.value).startswith("body is nested deeper than 1024 levels")
+    with pytest.raises(orjson.JSONDecodeError) as not_json:
+        orjson.loads(b"nope")
+    assert body_error(not_json.value).startswith("body is not JSON: ")
 
 
 @pytest.mark.parametrize("data", [MISSING, None])

@@ -21,7 +21,7 @@ import orjson
 from forwarder import metrics
 from forwarder.journal import Journal, JournalUnavailable
 from forwarder.logs import RateLimitedLog
-from forwarder.normalize import InvalidEvent, NormalizeOptions, journal_record
+from forwarder.normalize import InvalidEvent, NormalizeOptions, body_error, journal_record
 from forwarder.signature import SignatureError, Verifier
 
 Scope = MutableMapping[str, Any]
@@ -148,10 +148,12 @@ class WebhookEndpoint:
                 client=client[0] if client else None,
             )
             raise _Rejected(401, exc.reason, exc.detail) from None
+        # Everything that could fail the commit (control characters in the id, a record too deep
+        # to encode) is refused here, alone, before the event joins a group commit with others.
         try:
             record = journal_record(orjson.loads(raw), self._options, delivery="webhook")
         except (orjson.JSONDecodeError, InvalidEvent) as exc:
-            detail = "body is not JSON" if isinstance(exc, orjson.JSONDecodeError) else str(exc)
+            detail = body_error(exc) if isinstance(exc, orjson.JSONDecodeError) else str(exc)
             self._warn.warning("bad_request", "verified webhook is not an event", detail=detail)
             raise _Rejected(400, "bad_request", detail) from None
         event_id, created_at = record.event_id, record.created_at
