@@ -467,7 +467,10 @@ class EventsSync:
                 record = journal_record(event, self._options, delivery="api")
             except InvalidEvent as exc:
                 invalid += 1
-                logger.error("Events API returned something that is not an event", extra={"error": str(exc)})
+                # The reason in the message too: backfill's terminal shows messages, not extra fields.
+                logger.error(
+                    "Events API returned something that is not an event: %s", exc, extra={"error": str(exc)}
+                )
                 continue
             created = record.created_at
             rows.append(((round(created * 1000) if created is not None else 0, record.event_id), record))
