@@ -482,9 +482,14 @@ def _active_spans(times: list[float], gap: float) -> list[tuple[float, float]]:
     return spans
 
 
-def _overlap(first: list[tuple[float, float]], second: list[tuple[float, float]]) -> float:
+def _overlap(
+    first: list[tuple[float, float]],
+    second: list[tuple[float, float]],
+    window: tuple[float, float] = (0.0, float("inf")),
+) -> float:
+    """Seconds during which both replicas were delivering, counted inside ``window`` only."""
     return sum(
-        max(0.0, min(a_end, b_end) - max(a_start, b_start))
+        max(0.0, min(a_end, b_end, window[1]) - max(a_start, b_start, window[0]))
         for a_start, a_end in first
         for b_start, b_end in second
     )
@@ -514,10 +519,12 @@ def test_postgres_backends_terminated_under_load_with_two_replicas(
       (union of both), duplicates allowed;
     * at the end each sink is ``active`` on exactly one replica and ``standby`` on the other;
     * "one at a time", measured on the Datadog intakes: grouping each replica's requests into
-      spans of activity (a pause over 1 s ends a span), the time during which both replicas
-      were delivering is at most one lease check interval (5 s) per termination round: the
-      window in which a replica that lost its lease has not yet noticed. The measured overlap
-      is reported; 0 would mean strict fencing.
+      spans of activity (a pause over 1 s ends a span), both replicas are never delivering at
+      once before the first termination, nor from 6 s (one lease check interval, 5 s, + 1 s)
+      after the last one to the end of the load (10 s after it); in all, the time during which
+      both delivered is at most one lease check interval per termination: the window in which
+      a replica whose lease connection died has not yet noticed while the other took the
+      lease. The measured overlap is reported; 0 would mean strict fencing.
     """
     url, app = pg_journal
     seed = int(os.environ.get("FORWARDER_FAULT_SEED", random.randrange(1 << 30)))
@@ -526,12 +533,16 @@ def test_postgres_backends_terminated_under_load_with_two_replicas(
         first = start_service(name="first", FORWARDER_JOURNAL_URL=url, **datadog_env(dd_first.url))
         second = start_service(name="second", FORWARDER_JOURNAL_URL=url, **datadog_env(dd_second.url))
         terminated: list[int] = []
+        terminated_at: list[float] = []
         with Loader([first, second], rate_per_s=120, timeout_s=5) as loader:
-            time.sleep(2)
+            time.sleep(3)
+            load_started = time.time() - 3
             for _ in range(6):
+                terminated_at.append(time.time())
                 terminated.append(_terminate(app))
                 time.sleep(rng.uniform(1.0, 3.0))
-            time.sleep(2)
+            time.sleep(LEASE_CHECK_INTERVAL_S + 5)
+            load_ended = time.time()
         acked = loader.acknowledged()
         assert len(acked) > 500, loader.summary()
 
@@ -561,6 +572,13 @@ def test_postgres_backends_terminated_under_load_with_two_replicas(
         }
         spans = {name: _active_spans(at, gap=1.0) for name, at in times.items()}
         overlap = _overlap(spans["first"], spans["second"])
+        # Before the first fault, and from one lease check (+1 s for a request in flight) after
+        # the last one, exactly one replica delivers.
+        settled_from = terminated_at[-1] + LEASE_CHECK_INTERVAL_S + 1
+        calm = (
+            _overlap(spans["first"], spans["second"], (load_started, terminated_at[0])),
+            _overlap(spans["first"], spans["second"], (settled_from, load_ended)),
+        )
         merged = sorted((at, name) for name, ats in times.items() for at in ats)
         switches = sum(1 for (_, a), (_, b) in itertools.pairwise(merged) if a != b)
         report(
@@ -580,8 +598,10 @@ def test_postgres_backends_terminated_under_load_with_two_replicas(
             roles=settled,
             delivery_switches=switches,
             both_delivering_s=round(overlap, 2),
+            both_delivering_before_and_after_faults_s=calm,
         )
         assert sum(terminated) >= 6, terminated
+        assert calm == (0.0, 0.0), f"both replicas delivered without a fault for {calm} s (before, after)"
         assert overlap <= LEASE_CHECK_INTERVAL_S * len(terminated), (
             f"both replicas delivered to datadog at once for {overlap:.1f} s in all"
         )
