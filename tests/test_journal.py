@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 from pathlib import Path
 
-from forwarder.journal import Journal, NewRecord
+import pytest
+
+from forwarder.journal import Journal, JournalUnavailable, NewRecord
 
 
 def records(count: int) -> list[NewRecord]:
@@ -56,3 +60,24 @@ async def check_batch_outcomes(journal: Journal) -> None:
 
 async def test_a_large_batch_tells_new_records_from_duplicates(tmp_path: Path) -> None:
     await check_batch_outcomes(Journal(tmp_path / "journal.sqlite3"))
+
+
+async def test_a_write_stuck_behind_a_lock_is_answered_by_its_deadline(tmp_path: Path) -> None:
+    """Another process holds the write lock: the caller gets JournalUnavailable (a webhook: 503)
+    by the deadline instead of waiting for the lock; the write lands later, and a retry of it
+    is a duplicate, so the event is stored once."""
+    journal = Journal(tmp_path / "journal.sqlite3", write_deadline_s=0.5)
+    blocker = sqlite3.connect(tmp_path / "journal.sqlite3", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    record = records(1)[0]
+    started = time.monotonic()
+
+    with pytest.raises(JournalUnavailable, match=r"did not finish within 0.5 s"):
+        await journal.append_one(record)
+
+    assert time.monotonic() - started < 2.0
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert await journal.append_one(record) is False  # the first write committed after all
+    assert [entry.event_id for entry in journal.read_after(0, 10)] == [record.event_id]
+    await journal.close()
