@@ -42,10 +42,11 @@ import httpx
 import orjson
 
 from forwarder import failpoints, metrics
+from forwarder.backoff import backoff_delay
 from forwarder.catalog import KNOWN_EVENT_TYPES
 from forwarder.config import ConfigError, duration, max_retry_after
-from forwarder.delivery import backoff_delay
 from forwarder.journal import Journal, JournalUnavailable, NewRecord
+from forwarder.masking import mask_url
 from forwarder.normalize import InvalidEvent, NormalizeOptions, journal_record
 from forwarder.retry_after import retry_after_seconds
 
@@ -134,7 +135,9 @@ class ApiSettings:
             )
         url = env.get("WORKOS_API_URL", "").strip() or DEFAULT_API_URL
         if not url.startswith(("https://", "http://")):
-            raise ConfigError("WORKOS_API_URL", f"{url!r} is not an http(s) URL (default {DEFAULT_API_URL})")
+            raise ConfigError(
+                "WORKOS_API_URL", f"{mask_url(url)!r} is not an http(s) URL (default {DEFAULT_API_URL})"
+            )
         return cls(
             url=url.rstrip("/"),
             api_key=api_key,
@@ -166,7 +169,8 @@ class EventsApiClient:
         max_retry_after_s: float = 300.0,
     ) -> None:
         """``max_retry_after_s`` caps a 429's ``Retry-After`` (``FORWARDER_MAX_RETRY_AFTER``, 5m default)."""
-        self.url = url
+        self.url = mask_url(url)
+        """For messages and ``/status``: the URL without a password (requests use the real one)."""
         self._max_attempts = max_attempts
         self._max_retry_after_s = max_retry_after_s
         self._on_wait = on_wait
