@@ -15,6 +15,7 @@ with their reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -33,7 +34,6 @@ logger = logging.getLogger("forwarder.delivery")
 
 _FAILURE_LOG_INTERVAL_S = 60.0
 _REPLAY_CHECK_INTERVAL_S = 1.0
-_LEASE_CHECK_INTERVAL_S = 5.0
 _STANDBY_RETRY_S = 5.0
 _JOURNAL_RETRY_S = 2.0
 _DEFAULT_LINGER_S = 0.05
@@ -96,7 +96,6 @@ class DeliveryLoop:
         self._last_failure_log = 0.0
         self._next_replay_check = 0.0
         self._lease: Lease | None = None
-        self._next_lease_check = 0.0
         metrics.SINK_HEALTHY.labels(sink.name).set(1)
 
     def stop(self) -> None:
@@ -186,15 +185,16 @@ class DeliveryLoop:
     async def _hold_lease(self) -> bool:
         """Whether this process delivers to the sink; another replica may hold its lease.
 
-        Taking the lease (again) reloads the cursor, which the previous holder advanced.
+        Checked before every batch: a replica whose lease connection was cut must stop before
+        its next send, since a standby may already hold the lease (checking every 5 s let both
+        deliver for up to 10 s). Taking the lease (again) reloads the cursor, which the
+        previous holder advanced.
         """
-        now = time.monotonic()
         if self._lease is not None:
-            if now < self._next_lease_check:
-                return True
-            self._next_lease_check = now + _LEASE_CHECK_INTERVAL_S
             if await asyncio.to_thread(self._lease.alive):
                 return True
+            with contextlib.suppress(Exception):
+                self._lease.release()
             self._lease = None
             logger.warning("lost the delivery lease; standing by", extra={"sink": self.sink.name})
         lease = await asyncio.to_thread(self.journal.claim, self.sink.name)
@@ -206,7 +206,6 @@ class DeliveryLoop:
             self.status.role = "standby"
             return False
         self._lease = lease
-        self._next_lease_check = now + _LEASE_CHECK_INTERVAL_S
         cursors = await asyncio.to_thread(self.journal.cursors)
         saved = cursors.get(self.sink.name, 0)
         # A cursor this process could not save is still true: what it passed was delivered.

@@ -510,9 +510,16 @@ class Journal:
         self._sinks = names
 
     async def set_cursor(self, sink: str, seq: int) -> None:
+        """Advance ``sink``'s cursor to ``seq``; never moves it back.
+
+        Two replicas can both deliver a sink for a moment after its lease moved; the one that
+        lost it must not drag the shared cursor back over what the other delivered.
+        """
         await self._submit(
             lambda tx: tx.execute(
-                "UPDATE cursors SET seq = ?, updated_at = ? WHERE sink = ?", (seq, time.time(), sink)
+                "UPDATE cursors SET seq = CASE WHEN seq > ? THEN seq ELSE ? END, updated_at = ?"
+                " WHERE sink = ?",
+                (seq, seq, time.time(), sink),
             )
         )
 

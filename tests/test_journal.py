@@ -81,3 +81,13 @@ async def test_a_write_stuck_behind_a_lock_is_answered_by_its_deadline(tmp_path:
     assert await journal.append_one(record) is False  # the first write committed after all
     assert [entry.event_id for entry in journal.read_after(0, 10)] == [record.event_id]
     await journal.close()
+
+
+async def test_a_cursor_never_moves_back(tmp_path: Path) -> None:
+    """A replica that lost its lease may save an older cursor after the new holder saved a newer one."""
+    journal = Journal(tmp_path / "journal.sqlite3")
+    await journal.register_sinks(["datadog"])
+    await journal.set_cursor("datadog", 20)
+    await journal.set_cursor("datadog", 12)
+    assert journal.cursors() == {"datadog": 20}
+    await journal.close()
