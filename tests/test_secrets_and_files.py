@@ -6,6 +6,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from hypothesis import given
@@ -42,19 +43,22 @@ def test_mask_url_hides_passwords_and_secret_parameters_and_keeps_the_rest(url: 
     assert mask_url(url) == shown
 
 
-PASSWORDS = st.text(
-    alphabet=st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="@/?#[]%"), min_size=6
+# "~Q" first: a password that is also a piece of the URL ("events") would be a false alarm.
+PASSWORDS = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FF), min_size=4).map(
+    lambda text: f"~Q{text}"
 )
 
 
 @given(password=PASSWORDS)
 def test_no_password_survives_masking(password: str) -> None:
+    """Any password, written into the URL as a URL must carry it (percent-encoded)."""
+    quoted = quote(password, safe="")
     for url in (
-        f"postgresql://app:{password}@db:5432/events",
-        f"postgresql://app@db/events?password={password}",
+        f"postgresql://app:{quoted}@db:5432/events",
+        f"postgresql://app@db/events?password={quoted}",
     ):
-        assert password not in mask_url(url)
-        assert password not in scrub(f"connection to {url} failed: bad password {password!r}", url)
+        for shown in (mask_url(url), scrub(f"connection to {url} failed: bad password {password!r}", url)):
+            assert password not in shown and quoted not in shown
 
 
 @pytest.fixture
