@@ -275,7 +275,7 @@ class PostgresEngine:
         self._psycopg = psycopg
         self.url = url
         self.location = mask_url(url)
-        self.errors = (psycopg.Error,)
+        self.errors: tuple[type[Exception], ...] = (psycopg.Error,)
         self._statements: dict[str, str] = {}
 
     def connect(self, *, writer: bool) -> Any:

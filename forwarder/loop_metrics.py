@@ -16,6 +16,7 @@ from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 
@@ -46,7 +47,7 @@ class HistogramValue:
 V = TypeVar("V", CounterValue, HistogramValue)
 
 
-class _LoopMetric(Generic[V]):
+class _LoopMetric(Collector, Generic[V]):
     """Name, help and label names, and one value per label values, made on first use."""
 
     def __init__(

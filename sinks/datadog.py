@@ -410,7 +410,7 @@ def _fit(record: dict[str, Any]) -> bytes:
 
 def _minimal(record: dict[str, Any]) -> bytes:
     """For pathological records (a huge actor, thousands of keys): what identifies the event."""
-    minimal = {
+    minimal: dict[str, Any] = {
         key: record[key]
         for key in ("ddsource", "service", "ddtags", "status", "date", "evt")
         if key in record

@@ -414,7 +414,7 @@ def _flatten(prefix: str, value: Any, into: dict[str, Any]) -> bool:
         key, item, depth = stack.pop()
         if isinstance(item, Mapping) and depth < MAX_KEY_DEPTH:
             # Reversed onto the stack so the keys come out in the record's order.
-            stack.extend((f"{key}.{name}", child, depth + 1) for name, child in reversed(item.items()))
+            stack.extend((f"{key}.{name}", child, depth + 1) for name, child in reversed(list(item.items())))
         elif item is not None:
             cut: list[bool] = []
             into[key] = _encodable(item, cut=cut)

@@ -407,6 +407,8 @@ class EventsSync:
                 if state.sweep_from is None and state.order == "asc" and not forward_refused
                 else None
             )
+            after: str | None
+            range_start: str | None
             if forward is not None:
                 after, range_start = forward.id, None
             else:
