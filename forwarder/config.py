@@ -14,6 +14,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from forwarder.normalize import NormalizeOptions
 from forwarder.redaction import Redactor
@@ -120,6 +121,10 @@ class Settings:
     signature_tolerance_s: float
     max_body_bytes: int
     body_timeout_s: float
+    max_header_bytes: int
+    header_timeout_s: float
+    keepalive_timeout_s: float
+    max_connections: int
     data_dir: Path
     journal_url: str
     sqlite_synchronous: str
@@ -155,6 +160,11 @@ class Settings:
             signature_tolerance_s=duration(env, "FORWARDER_SIGNATURE_TOLERANCE", "180s"),
             max_body_bytes=integer(env, "FORWARDER_MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
             body_timeout_s=duration(env, "FORWARDER_BODY_TIMEOUT", "10s"),
+            # The HTTP edge (forwarder/http_edge.py): what one unauthenticated client can hold.
+            max_header_bytes=integer(env, "FORWARDER_MAX_HEADER_BYTES", 16 * 1024, minimum=1024),
+            header_timeout_s=_positive(env, "FORWARDER_HEADER_TIMEOUT", "10s"),
+            keepalive_timeout_s=duration(env, "FORWARDER_KEEPALIVE_TIMEOUT", "5s"),
+            max_connections=integer(env, "FORWARDER_MAX_CONNECTIONS", 1000, minimum=1),
             data_dir=data_dir,
             journal_url=env.get("FORWARDER_JOURNAL_URL") or f"sqlite:///{data_dir / 'journal.sqlite3'}",
             sqlite_synchronous=choice(env, "FORWARDER_SQLITE_SYNCHRONOUS", "full", ("full", "normal")),
@@ -173,6 +183,14 @@ class Settings:
         )
 
 
+def _positive(env: Mapping[str, str], variable: str, default: str) -> float:
+    """A duration that must be above zero: a deadline of 0 would refuse every request."""
+    value = duration(env, variable, default)
+    if value <= 0:
+        raise ConfigError(variable, f"must be above zero (default {default})")
+    return value
+
+
 def _redactor(env: Mapping[str, str]) -> Redactor | None:
     fields = frozenset(
         part.strip().lower() for part in env.get("FORWARDER_REDACT", "").split(",") if part.strip()
@@ -184,7 +202,9 @@ def _redactor(env: Mapping[str, str]) -> Redactor | None:
         raise ConfigError(
             "FORWARDER_REDACT", f"unknown field(s) {sorted(unknown)}; use email, ip or email,ip"
         )
-    mode = choice(env, "FORWARDER_REDACT_MODE", "hash", ("hash", "drop"))
+    mode: Literal["hash", "drop"] = (
+        "drop" if choice(env, "FORWARDER_REDACT_MODE", "hash", ("hash", "drop")) == "drop" else "hash"
+    )
     key = env.get("FORWARDER_REDACT_KEY", "")
     if mode == "hash" and not key:
         raise ConfigError(

@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 from prometheus_client.exposition import choose_encoder
@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from forwarder import failpoints, metrics
+from forwarder import failpoints, http_edge, metrics
 from forwarder.config import ConfigError, Settings, duration, switch
 from forwarder.delivery import DeliveryLoop
 from forwarder.engines import SQLiteEngine, engine_for
@@ -338,27 +338,44 @@ class WebhookFirst:
 
 
 def server_config(
-    app: Any, host: str, port: int, *, lifespan: str, shutdown_timeout_s: float
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    lifespan: Literal["auto", "on", "off"],
+    shutdown_timeout_s: float,
+    limits: http_edge.EdgeLimits = http_edge.DEFAULT_LIMITS,
 ) -> uvicorn.Config:
-    """The HTTP server options, shared with ``bench/floor.py`` so the floor runs on the same stack."""
+    """The HTTP server options, shared with ``bench/floor.py`` so the floor runs on the same stack.
+
+    The protocol, keep-alive and backlog come from ``forwarder.http_edge``: uvicorn's httptools
+    protocol with bounds on request heads, deadlines and open connections.
+    """
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
         lifespan=lifespan,
         log_config=None,
         access_log=False,
         server_header=False,
+        **http_edge.uvicorn_options(limits),
         timeout_graceful_shutdown=int(shutdown_timeout_s) or 1,
     )
 
 
 def serve(settings: Settings, env: Mapping[str, str]) -> None:
+    # Before anything opens a descriptor: the connection cap is fitted to the limit in force.
+    soft_limit = http_edge.raise_descriptor_limit()
     app = build_app(settings, env)
     config = server_config(
-        app, settings.host, settings.port, lifespan="on", shutdown_timeout_s=settings.shutdown_timeout_s
+        app,
+        settings.host,
+        settings.port,
+        lifespan="on",
+        shutdown_timeout_s=settings.shutdown_timeout_s,
+        limits=http_edge.fit_to_descriptors(http_edge.EdgeLimits.from_settings(settings), soft_limit),
     )
     # Every request allocates a few hundred container objects that reference counting frees;
     # at the default threshold (700) the cyclic GC still ran young collections thousands of

@@ -53,6 +53,8 @@ class Service:
     env: dict[str, str]
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    preexec_fn: Callable[[], None] | None = None
+    """Run in the child before the service starts, e.g. to lower its descriptor limit."""
 
     @property
     def url(self) -> str:
@@ -82,6 +84,7 @@ class Service:
                 env=full_env,
                 stderr=stderr,
                 stdout=subprocess.DEVNULL,
+                preexec_fn=self.preexec_fn,
             )
         if wait:
             wait_for(self._healthy, timeout=20, what=f"service on port {self.port} ({self.stderr_path})")
