@@ -54,9 +54,10 @@ def open_journal(settings: Settings) -> Journal:
             "FORWARDER_JOURNAL_URL",
             f"{exc}; use sqlite:///path/to/journal.sqlite3 or postgresql://user@host:5432/database",
         ) from exc
+    failures: tuple[type[BaseException], ...] = (OSError, *engine.errors)
     try:
         return Journal(engine, backlog_limit=settings.backlog_limit)
-    except (OSError, *engine.errors) as exc:
+    except failures as exc:
         variable = "FORWARDER_DATA_DIR" if isinstance(engine, SQLiteEngine) else "FORWARDER_JOURNAL_URL"
         error = scrub(str(exc), settings.journal_url)
         raise ConfigError(
