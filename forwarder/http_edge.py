@@ -40,7 +40,7 @@ import logging
 import math
 import resource
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
@@ -167,15 +167,7 @@ def fit_to_descriptors(limits: EdgeLimits, soft_limit: int) -> EdgeLimits:
             "(ulimit -Hn, systemd LimitNOFILE, docker --ulimit nofile) to allow more",
             extra={"max_connections": cap, "configured": limits.max_connections, "soft_limit": soft_limit},
         )
-    return EdgeLimits(
-        max_header_bytes=limits.max_header_bytes,
-        header_timeout_s=limits.header_timeout_s,
-        body_timeout_s=limits.body_timeout_s,
-        max_body_bytes=limits.max_body_bytes,
-        keepalive_timeout_s=limits.keepalive_timeout_s,
-        max_connections=cap,
-        backlog=backlog,
-    )
+    return replace(limits, max_connections=cap, backlog=backlog)
 
 
 def _answer(status: int, phrase: bytes, error: str, detail: str) -> bytes:

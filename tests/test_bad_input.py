@@ -10,8 +10,6 @@ and ``/metrics`` staying bounded whatever types arrive.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import threading
 import time
@@ -24,7 +22,6 @@ from typing import Any
 
 import httpx
 import orjson
-import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -33,12 +30,11 @@ from forwarder.normalize import MAX_DEPTH, MAX_TEXT_CHARS
 from tests.doubles.datadog_intake import DatadogIntake
 from tests.doubles.otlp_receiver import OtlpReceiver
 from tests.doubles.workos_api import API_KEY, WorkOSEventsAPI, api_events, event_id
-from tests.postgres import scratch_schema
+from tests.postgres import journal_schema_or_skip
 from tests.samples import make_event, new_id
 from tests.service import Service, wait_for
 
 StartService = Callable[..., Service]
-SERVER = os.environ.get("FORWARDER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -48,14 +44,7 @@ def journal_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     if request.param == "sqlite":
         yield {}
         return
-    with contextlib.ExitStack() as stack:
-        try:
-            url = stack.enter_context(scratch_schema(SERVER, f"forwarder_bad_{uuid.uuid4().hex[:12]}"))
-        except psycopg.OperationalError as exc:
-            reason = f"PostgreSQL is not reachable at {SERVER}: {exc}"
-            if os.environ.get("FORWARDER_REQUIRE_SERVICES") == "1":
-                pytest.fail(f"FORWARDER_REQUIRE_SERVICES=1 but {reason}")
-            pytest.skip(f"SKIPPING POSTGRESQL TESTS: {reason}")
+    with journal_schema_or_skip("forwarder_bad") as (url, _):
         yield {"FORWARDER_JOURNAL_URL": url}
 
 

@@ -6,10 +6,7 @@ Each test works in a schema of its own, dropped afterwards.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
-import uuid
 from collections.abc import Callable, Iterator
 
 import psycopg
@@ -17,25 +14,17 @@ import pytest
 
 from forwarder.engines import engine_for
 from forwarder.journal import Journal
-from tests.postgres import scratch_schema
+from tests.postgres import SERVER, journal_schema_or_skip
 from tests.samples import make_event
 from tests.service import Service, wait_for
 from tests.test_journal import check_batch_outcomes
 
 StartService = Callable[..., Service]
-SERVER = os.environ.get("FORWARDER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    with contextlib.ExitStack() as stack:
-        try:
-            url = stack.enter_context(scratch_schema(SERVER, f"forwarder_test_{uuid.uuid4().hex[:12]}"))
-        except psycopg.OperationalError as exc:
-            reason = f"PostgreSQL is not reachable at {SERVER}: {exc}"
-            if os.environ.get("FORWARDER_REQUIRE_SERVICES") == "1":
-                pytest.fail(f"FORWARDER_REQUIRE_SERVICES=1 but {reason}")
-            pytest.skip(f"SKIPPING POSTGRESQL TESTS: {reason}")
+    with journal_schema_or_skip("forwarder_test") as (url, _):
         yield url
 
 

@@ -8,19 +8,14 @@ test decides what to fall back to.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
-from tests.postgres import scratch_schema
-
-SERVER = os.environ.get("FORWARDER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+from tests.postgres import journal_schema_or_skip
 
 
 def services_required() -> bool:
@@ -30,16 +25,8 @@ def services_required() -> bool:
 @pytest.fixture
 def pg_journal() -> Iterator[tuple[str, str]]:
     """(journal URL in a scratch schema, its application_name): terminate only these backends."""
-    name = f"reliability_{uuid.uuid4().hex[:12]}"
-    with contextlib.ExitStack() as stack:
-        try:
-            url = stack.enter_context(scratch_schema(SERVER, name))
-        except psycopg.OperationalError as exc:
-            reason = f"PostgreSQL is not reachable at {SERVER}: {exc}"
-            if services_required():
-                pytest.fail(f"FORWARDER_REQUIRE_SERVICES=1 but {reason}")
-            pytest.skip(f"SKIPPING POSTGRESQL RELIABILITY TESTS: {reason}")
-        yield f"{url}&application_name={name}", name
+    with journal_schema_or_skip("reliability") as (url, schema):
+        yield f"{url}&application_name={schema}", schema
 
 
 MountTmpfs = Callable[[Path, str], str | None]

@@ -23,7 +23,8 @@ import pytest
 from tests.doubles.datadog_intake import DatadogIntake
 from tests.doubles.misbehaving_server import MisbehavingProxy, Mode
 from tests.doubles.otlp_receiver import OtlpReceiver
-from tests.reliability.conftest import SERVER, MountTmpfs, resize_tmpfs, services_required
+from tests.postgres import SERVER
+from tests.reliability.conftest import MountTmpfs, resize_tmpfs, services_required
 from tests.reliability.load import Loader, accounting, read_jsonl, wait_all_arrived
 from tests.samples import make_event
 from tests.service import Service, wait_for

@@ -57,14 +57,20 @@ def journal_events(service: Service) -> int:
     return int(service.status()["journal"]["events"])
 
 
+def deliver_then_prune_everything(service: Service) -> list[str]:
+    """Three events delivered, then retention deletes every row: the state that lost events."""
+    ids = acknowledge(service, 3)
+    wait_delivered(ids, service.record_ids, "jsonl")
+    wait_for(lambda: journal_events(service) == 0, what="retention to empty the journal")
+    return ids
+
+
 def test_prune_to_empty_then_new_events_are_delivered(
     start_service: StartService, engine: dict[str, str]
 ) -> None:
     """Promise: an event acknowledged after retention emptied the journal is delivered."""
     service = start_service(**engine, **QUICK_RETENTION)
-    first = acknowledge(service, 3)
-    wait_delivered(first, service.record_ids, "jsonl")
-    wait_for(lambda: journal_events(service) == 0, what="retention to empty the journal")
+    deliver_then_prune_everything(service)
 
     second = acknowledge(service, 3)
 
@@ -78,9 +84,7 @@ def test_prune_to_empty_restart_then_new_events_are_delivered(
 ) -> None:
     """Promise: the sequence survives a restart on an emptied journal (the default 7-day quiet week)."""
     service = start_service(**engine, **QUICK_RETENTION)
-    first = acknowledge(service, 3)
-    wait_delivered(first, service.record_ids, "jsonl")
-    wait_for(lambda: journal_events(service) == 0, what="retention to empty the journal")
+    first = deliver_then_prune_everything(service)
     assert service.stop() in (0, -15)
 
     service.start()
