@@ -264,7 +264,11 @@ class DeliveryLoop:
         retries = 0
         while True:
             try:
-                await asyncio.wait_for(self.sink.send(entries), self._send_timeout)
+                # asyncio.timeout, not wait_for: wait_for runs send in a task of its own, and a
+                # failed send's exception would sit in a reference cycle with that task,
+                # holding the batch until a full garbage collection.
+                async with asyncio.timeout(self._send_timeout):
+                    await self.sink.send(entries)
             except RetryableError as exc:
                 retries += 1
                 self._failed("retryable", exc.reason, entries, unhealthy=exc.unhealthy)

@@ -237,10 +237,10 @@ class DatadogSink:
         async with self._in_flight:
             try:
                 # httpx's timeouts are per read: without a deadline for the whole request, an
-                # intake answering byte by byte would hold the sink forever.
-                response = await asyncio.wait_for(
-                    self._client.post(self.url, content=body), REQUEST_DEADLINE_S
-                )
+                # intake answering byte by byte would hold the sink forever. asyncio.timeout
+                # rather than wait_for, which would run the post in a task of its own.
+                async with asyncio.timeout(REQUEST_DEADLINE_S):
+                    response = await self._client.post(self.url, content=body)
             except (httpx.HTTPError, TimeoutError) as exc:
                 metrics.SINK_REQUESTS.labels(self.name, "error").inc()
                 metrics.SINK_RETRIES.labels(self.name, "error").inc()

@@ -25,19 +25,20 @@ SOAK_SECONDS = float(os.environ.get("FORWARDER_SOAK_SECONDS", "120"))
 SAMPLE_EVERY_S = 2.0
 FLAP_S = 4.0
 RATE_PER_S = 80
-# RSS: the last third's median may exceed the middle third's by 12 MB or 12 %, whichever is more.
+# RSS: the last third's median may exceed the middle third's by 24 MB or 25 %, whichever is
+# more, and no sample may exceed RSS_LIMIT_KB, the product's bound.
 # Measured on this 2-core machine at this load: with every sink healthy, VmRSS stayed within
-# 64-66 MB from 15 s to 120 s. With the Datadog intake flapping, it is a sawtooth: it climbs
-# about 0.3 MB/s (garbage of failed sends, which only a full collection frees: see the
-# gc.set_threshold comment in forwarder/service.py) and drops 20-30 MB at each full collection,
-# about every 65 s; over 300 s the troughs went 68, 74, 85, 79, 80 MB and the peaks 76, 97,
-# 102, 105, 105 MB, i.e. bounded after about 150 s. The median of a 40 s third therefore
-# depends on where the collections fall, by up to half the saw (about 12 MB); two 120 s runs
-# gave +7 MB and -0.4 MB. A real leak is what this cannot absorb over a longer soak
-# (FORWARDER_SOAK_SECONDS=1800: 0.1 MB/s is 60 MB per third), and in 2 minutes a leak of
-# 0.3 MB/s or more (4 KB per event) fails.
-RSS_TOLERANCE_KB = 12 * 1024
-RSS_TOLERANCE_RATIO = 0.12
+# 64-66 MB from 15 s to 120 s. With the Datadog intake flapping, it is a sawtooth that is
+# still warming up at 120 s: it climbs about 0.3 MB/s and drops 20-30 MB at each full
+# collection, about every 65 s; over 300 s the troughs went 68, 74, 85, 79, 80 MB and the
+# peaks 76, 97, 102, 105, 105 MB, i.e. bounded after about 150 s. The median of a 40 s third
+# therefore moves with where the collections fall and with the warm-up: 120 s runs gave
+# -12, -0.4, +1.1, +5.4, +7, +16 and +20 MB. (Not malloc arenas: with glibc held to two, the
+# same +20 MB was seen.) A leak is what a longer soak shows (FORWARDER_SOAK_SECONDS=1800:
+# 0.1 MB/s is 60 MB per third); in 2 minutes, a leak of 0.6 MB/s or more fails.
+RSS_TOLERANCE_KB = 24 * 1024
+RSS_TOLERANCE_RATIO = 0.25
+RSS_LIMIT_KB = 150 * 1024
 # Descriptors: connections come and go (up to 4 to the Datadog intake, 1 to OTLP, the loader's
 # keep-alive connection, this test's /status and /metrics requests): the last third's largest
 # count may exceed the middle third's by 5. A descriptor leaked per failed Datadog request
@@ -188,10 +189,12 @@ def test_soak_descriptors_end_flat(soak: Soak) -> None:
 
 
 def test_soak_memory_ends_flat(soak: Soak) -> None:
-    """Promise: no memory growth under steady load: the median VmRSS of the last third of the soak is
-    at most the middle third's + max(12 MB, 12 %) (see RSS_TOLERANCE_KB for why)."""
+    """Promise: memory stays bounded under steady load: never over 150 MB, and the median VmRSS of
+    the last third of the soak at most the middle third's + max(24 MB, 25 %) (see RSS_TOLERANCE_KB)."""
     middle, last = soak.thirds()
     assert len(soak.samples) >= 9, soak.samples
+    peak = max(rss for _, rss, _ in soak.samples)
+    assert peak <= RSS_LIMIT_KB, f"RSS reached {peak:.0f} kB; samples (s, kB, fds): {soak.samples}"
     rss_middle = statistics.median(rss for _, rss, _ in middle)
     rss_last = statistics.median(rss for _, rss, _ in last)
     allowed = max(RSS_TOLERANCE_KB, rss_middle * RSS_TOLERANCE_RATIO)
