@@ -23,12 +23,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from forwarder import failpoints, metrics
 from forwarder.engines import Engine, Lease, SQLiteEngine
 
 logger = logging.getLogger("forwarder.journal")
+T = TypeVar("T")
 
 
 class JournalUnavailable(Exception):
@@ -390,12 +391,7 @@ class Journal:
     def sequence_behind(self) -> tuple[int, int] | None:
         """(highest cursor, sequence high water) when a cursor is above the sequence, else None."""
         ((cursor,),) = self._read("SELECT MAX(seq) FROM cursors")
-        conn = self._reader()
-        try:
-            high_water = self.engine.sequence_high_water(conn)
-        except self.engine.errors as exc:
-            self._drop_reader(conn)
-            raise JournalUnavailable(f"journal read failed: {exc}") from exc
+        high_water = self._on_reader(self.engine.sequence_high_water)
         return (int(cursor), high_water) if cursor is not None and cursor > high_water else None
 
     async def check_sequence(self) -> bool:
@@ -614,31 +610,29 @@ class Journal:
     # -- reads (blocking; call through asyncio.to_thread from async code) ---------------
 
     def _read(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
-        """Run a query on this thread's connection.
+        """Run a query on this thread's connection (see ``_on_reader``)."""
+        sql = self.engine.sql(statement)
+        return self._on_reader(lambda conn: conn.execute(sql, params).fetchall())
+
+    def _on_reader(self, read: Callable[[Any], T]) -> T:
+        """``read(connection)`` on this thread's read connection, opened on first use.
 
         A connection that has gone stale (the server restarted, a proxy dropped it) is
-        replaced, and the query tried once more on a fresh one before the read fails.
+        replaced, and the read tried once more on a fresh one before it fails.
         """
-        sql = self.engine.sql(statement)
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             try:
-                return conn.execute(sql, params).fetchall()
+                return read(conn)
             except self.engine.errors:
                 self._drop_reader(conn)
+        conn = None
         try:
-            conn = self._reader()
-            return conn.execute(sql, params).fetchall()
+            conn = self._local.conn = self.engine.connect(writer=False)
+            return read(conn)
         except self.engine.errors as exc:
             self._drop_reader(conn)
             raise JournalUnavailable(f"journal read failed: {exc}") from exc
-
-    def _reader(self) -> Any:
-        """This thread's read connection, opened on first use."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self.engine.connect(writer=False)
-        return conn
 
     def _drop_reader(self, conn: Any) -> None:
         self._local.conn = None
@@ -697,13 +691,9 @@ class Journal:
         """Journal size; ``events`` is the sequence range held, see ``pending``."""
         ((low, high),) = self._read("SELECT MIN(seq), MAX(seq) FROM events")
         events = high - low + 1 if high is not None else 0
-        conn = self._reader()
-        try:
-            head = self.engine.sequence_high_water(conn)
-            size = self.engine.size_bytes(conn)
-        except self.engine.errors as exc:
-            self._drop_reader(conn)
-            raise JournalUnavailable(f"journal read failed: {exc}") from exc
+        head, size = self._on_reader(
+            lambda conn: (self.engine.sequence_high_water(conn), self.engine.size_bytes(conn))
+        )
         return Stats(events=events, bytes=size, head=head)
 
     def backlog(self) -> int:
