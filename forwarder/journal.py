@@ -160,12 +160,7 @@ class Journal:
         self._in_flight: collections.deque[_Op] = collections.deque()
         self._writer_conn: Any = self.engine.connect(writer=True)
         self.engine.create_schema(self._writer_conn)
-        floor, high_water = self._repair_sequence(_Tx(self._writer_conn, self.engine.sql), begin=True)
-        if high_water < floor:
-            logger.error(
-                "journal sequence was behind the delivery cursors; raised it so new records are delivered",
-                extra={"journal": self.location, "high_water": high_water, "cursor": floor},
-            )
+        self._repair_sequence(_Tx(self._writer_conn, self.engine.sql), begin=True)
         self._writer = self._start_writer()
         threading.Thread(target=self._watch_deadlines, name="journal-deadlines", daemon=True).start()
 
@@ -380,6 +375,11 @@ class Journal:
             high_water = self.engine.sequence_high_water(tx.conn)
             if high_water < floor:
                 self.engine.raise_sequence(tx.conn, floor)
+                logger.error(
+                    "journal sequence was behind the delivery cursors;"
+                    " raised it so new records are delivered",
+                    extra={"journal": self.location, "high_water": high_water, "cursor": floor},
+                )
         except BaseException:
             if begin:
                 tx.execute("ROLLBACK")
@@ -406,10 +406,6 @@ class Journal:
             return False
         floor, high_water = await self._submit(self._repair_sequence)
         if high_water < floor:
-            logger.error(
-                "journal sequence was behind the delivery cursors; raised it so new records are delivered",
-                extra={"journal": self.location, "high_water": high_water, "cursor": floor},
-            )
             metrics.JOURNAL_SEQUENCE_REPAIRS.inc()
         return True
 
