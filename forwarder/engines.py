@@ -57,6 +57,14 @@ CREATE TABLE IF NOT EXISTS state (
 """
 
 
+_SQLITE_TYPES = {
+    "sequence": "INTEGER PRIMARY KEY AUTOINCREMENT",
+    "serial": "INTEGER",
+    "real": "REAL",
+    "blob": "BLOB",
+}
+
+
 class Lease(Protocol):
     """Held while this process is the one delivering to a sink."""
 
@@ -170,9 +178,7 @@ class SQLiteEngine:
         try:
             if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                 self._migrate_events(conn)
-            for statement in _TABLES.format(
-                sequence="INTEGER PRIMARY KEY AUTOINCREMENT", serial="INTEGER", real="REAL", blob="BLOB"
-            ).split(";"):
+            for statement in _TABLES.format(**_SQLITE_TYPES).split(";"):
                 if statement.strip():
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -193,11 +199,7 @@ class SQLiteEngine:
         if ddl is None or "AUTOINCREMENT" in ddl.upper():
             return
         conn.execute("ALTER TABLE events RENAME TO events_v1")
-        conn.execute(
-            _TABLES.split(";")[0].format(
-                sequence="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL", blob="BLOB"
-            )
-        )
+        conn.execute(_TABLES.split(";")[0].format(**_SQLITE_TYPES))  # the events table
         conn.execute(
             "INSERT INTO events (seq, event_id, event_type, created_at, received_at, record)"
             " SELECT seq, event_id, event_type, created_at, received_at, record FROM events_v1"
