@@ -24,10 +24,11 @@ from dataclasses import dataclass
 import orjson
 
 from forwarder import failpoints, metrics
-from forwarder.backoff import backoff_delay, bounded_wait
+from forwarder.backoff import backoff_delay
 from forwarder.engines import Lease
 from forwarder.journal import Entry, Journal, JournalUnavailable
 from forwarder.normalize import event_time
+from forwarder.retry_after import bounded_wait
 from sinks.base import PermanentError, RetryableError, Sink
 
 logger = logging.getLogger("forwarder.delivery")

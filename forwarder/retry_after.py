@@ -56,7 +56,7 @@ def retry_after_seconds(value: str | None, *, cap: float, now: float | None = No
     if not text:
         return None
     if _NUMBER.fullmatch(text) or _INFINITY.fullmatch(text):
-        return _bounded(float(text), cap)
+        return bounded_wait(float(text), cap)
     return _until_date(text, cap, time.time() if now is None else now)
 
 
@@ -80,9 +80,13 @@ def retry_after_from_headers(
     return max(waits) if waits else None
 
 
-def _bounded(seconds: float, cap: float) -> float | None:
-    """A delay in seconds clamped to [0, cap]; NaN (never a wait) is None."""
-    if math.isnan(seconds):
+def bounded_wait(seconds: float | None, cap: float) -> float | None:
+    """A requested delay in seconds clamped to [0, cap]; None (absent) and NaN (never a wait) are None.
+
+    Also what the delivery loop applies to a third-party sink's ``RetryableError.retry_after``,
+    which may be ``inf`` or ``nan`` and must neither park the sink forever nor crash the loop.
+    """
+    if seconds is None or math.isnan(seconds):
         return None
     return 0.0 if seconds <= 0 else float(min(seconds, cap))
 
@@ -99,7 +103,7 @@ def _until_date(text: str, cap: float, now: float) -> float | None:
         seconds = moment.timestamp() - now
     except (OverflowError, ValueError, OSError):
         return None
-    return _bounded(seconds, cap)
+    return bounded_wait(seconds, cap)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
