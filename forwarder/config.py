@@ -18,6 +18,7 @@ from typing import Literal
 
 from forwarder.normalize import NormalizeOptions
 from forwarder.redaction import Redactor
+from forwarder.retry_after import DEFAULT_CAP_S
 
 
 class ConfigError(Exception):
@@ -69,7 +70,7 @@ def duration(env: Mapping[str, str], variable: str, default: str) -> float:
 
 
 MAX_RETRY_AFTER_VARIABLE = "FORWARDER_MAX_RETRY_AFTER"
-DEFAULT_MAX_RETRY_AFTER = "5m"
+DEFAULT_MAX_RETRY_AFTER = f"{DEFAULT_CAP_S:g}s"
 
 
 def max_retry_after(env: Mapping[str, str]) -> float:

@@ -28,7 +28,7 @@ from forwarder.backoff import backoff_delay
 from forwarder.engines import Lease
 from forwarder.journal import Entry, Journal, JournalUnavailable
 from forwarder.normalize import event_time
-from forwarder.retry_after import bounded_wait
+from forwarder.retry_after import DEFAULT_CAP_S, bounded_wait
 from sinks.base import PermanentError, RetryableError, Sink
 
 logger = logging.getLogger("forwarder.delivery")
@@ -81,7 +81,7 @@ class DeliveryLoop:
         max_attempts: int,
         poll_interval_s: float = 0.5,
         backoff_cap_s: float = 30.0,
-        max_retry_after_s: float = 300.0,
+        max_retry_after_s: float = DEFAULT_CAP_S,
     ) -> None:
         self.sink = sink
         self.journal = journal

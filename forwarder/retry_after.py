@@ -33,6 +33,9 @@ from collections.abc import Mapping
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
+DEFAULT_CAP_S = 300.0
+"""``FORWARDER_MAX_RETRY_AFTER``'s default (5 minutes), and every cap parameter's."""
+
 RATE_LIMIT_HEADERS = ("retry-after", "x-ratelimit-reset")
 """Headers read by ``retry_after_from_headers``: both carry a delay in seconds (Datadog's
 ``X-Ratelimit-Reset`` is the seconds until the rate-limit window resets)."""

@@ -42,7 +42,7 @@ from zlib_ng import gzip_ng
 from forwarder import metrics
 from forwarder.config import ConfigError, choice, duration, integer, max_retry_after
 from forwarder.masking import mask_url
-from forwarder.retry_after import retry_after_from_headers
+from forwarder.retry_after import DEFAULT_CAP_S, retry_after_from_headers
 from sinks.base import EventFilter, PermanentError, Record, RetryableError, run_in_background
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,6 @@ RESTAMP_MARGIN_S = 10 * 60
 # this many, so what the sink builds always encodes, wherever the intake re-encodes it too.
 MAX_NESTING = 200
 NESTING_MARK = "[nested too deep]"
-DEFAULT_MAX_RETRY_AFTER_S = 300.0
 BACKFILL_POLICIES = ("restamp", "keep", "drop")
 TRUNCATION_MARK = " [truncated]"
 REQUEST_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -121,7 +120,7 @@ class DatadogSink:
         max_in_flight: int = 4,
         backfill_policy: str = "restamp",
         linger_s: float = 1.0,
-        max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S,
+        max_retry_after_s: float = DEFAULT_CAP_S,
         name: str = "datadog",
     ) -> None:
         self.name = name

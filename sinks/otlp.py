@@ -50,7 +50,7 @@ from opentelemetry.util.re import parse_env_headers
 from forwarder import metrics
 from forwarder.config import ConfigError, max_retry_after
 from forwarder.masking import mask_url
-from forwarder.retry_after import retry_after_seconds
+from forwarder.retry_after import DEFAULT_CAP_S, retry_after_seconds
 from sinks.base import EventFilter, PermanentError, Record, RetryableError, run_in_background
 from sinks.request_deadline import DeadlineSession
 
@@ -68,7 +68,6 @@ UINT64_MAX = 2**64 - 1
 MAX_KEY_DEPTH = 32
 MAX_VALUE_DEPTH = 16
 NESTING_MARK = "[nested too deep]"
-DEFAULT_MAX_RETRY_AFTER_S = 300.0
 SCOPE = InstrumentationScope("workos-forwarder")
 SEVERITIES = {
     "error": (SeverityNumber.ERROR, "ERROR"),
@@ -160,7 +159,7 @@ class OtlpSink:
         service_name: str | None = None,
         resource_attributes: Mapping[str, str] | None = None,
         instrument_session: bool = True,
-        max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S,
+        max_retry_after_s: float = DEFAULT_CAP_S,
         name: str = "otlp",
     ) -> None:
         self.name = name

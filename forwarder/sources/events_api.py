@@ -48,7 +48,7 @@ from forwarder.config import ConfigError, duration, max_retry_after
 from forwarder.journal import Journal, JournalUnavailable, NewRecord
 from forwarder.masking import mask_url
 from forwarder.normalize import InvalidEvent, NormalizeOptions, journal_record
-from forwarder.retry_after import retry_after_seconds
+from forwarder.retry_after import DEFAULT_CAP_S, retry_after_seconds
 
 logger = logging.getLogger("forwarder.events_api")
 
@@ -166,7 +166,7 @@ class EventsApiClient:
         max_attempts: int = 6,
         timeout_s: float = 30.0,
         on_wait: WaitNotice | None = None,
-        max_retry_after_s: float = 300.0,
+        max_retry_after_s: float = DEFAULT_CAP_S,
     ) -> None:
         """``max_retry_after_s`` caps a 429's ``Retry-After`` (``FORWARDER_MAX_RETRY_AFTER``, 5m default)."""
         self.url = mask_url(url)
