@@ -4,12 +4,11 @@ The cursor only moves after ``send`` returned (or the failed records were dead-l
 so every sink sees every record at least once. Loops share nothing but the journal: a sink
 that is slow or down only holds back its own cursor.
 
-One policy decides what a failure means, for new records and dead-letter replays alike:
-a retryable error is retried with backoff for as long as it takes (a server's requested
-wait honoured up to ``max_retry_after_s``); a batch that fails otherwise is tried
-``max_attempts`` times and then halved until the records that fail on their own are found,
-so one record a sink cannot take never holds back the others; those go to dead letters
-with their reason.
+New records and dead-letter replays go through the same ``_deliver``/``_send`` path under
+one ``RetryPolicy`` (``forwarder.retry_policy``): a retryable error is retried for as long
+as it takes; a batch that fails otherwise is tried ``max_attempts`` times and then halved
+until the records that fail on their own are found, so one record a sink cannot take never
+holds back the others; those go to dead letters with their reason.
 """
 
 from __future__ import annotations
@@ -24,39 +23,22 @@ from dataclasses import dataclass
 import orjson
 
 from forwarder import failpoints, metrics
-from forwarder.backoff import backoff_delay
 from forwarder.engines import Lease
-from forwarder.journal import Entry, Journal, JournalUnavailable
+from forwarder.journal import Journal, JournalUnavailable
 from forwarder.normalize import event_time
-from forwarder.retry_after import DEFAULT_CAP_S, bounded_wait
+from forwarder.records import Entry
+from forwarder.retry_after import DEFAULT_CAP_S
+from forwarder.retry_policy import RetryPolicy, SinkHealth, SinkStatus
 from sinks.base import PermanentError, RetryableError, Sink
 
 logger = logging.getLogger("forwarder.delivery")
 
-_FAILURE_LOG_INTERVAL_S = 60.0
 _REPLAY_CHECK_INTERVAL_S = 1.0
 _STANDBY_RETRY_S = 5.0
 _JOURNAL_RETRY_S = 2.0
 _DEFAULT_LINGER_S = 0.05
 _DEFAULT_SEND_TIMEOUT_S = 300.0
 """A ``send`` that has not returned by then is abandoned and retried: no wait is unbounded."""
-
-
-@dataclass(slots=True)
-class SinkStatus:
-    """What ``/status`` and ``/readyz`` report for one sink."""
-
-    name: str
-    role: str = "starting"
-    """``active`` while this process delivers to the sink, ``standby`` while another one does."""
-    cursor: int = 0
-    cursor_saved: bool = True
-    """False while the journal cannot write: the cursor above is kept in memory meanwhile."""
-    healthy: bool = True
-    failing_since: float | None = None
-    last_error: str | None = None
-    last_error_at: float | None = None
-    last_success_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -86,18 +68,15 @@ class DeliveryLoop:
         self.sink = sink
         self.journal = journal
         self.status = SinkStatus(name=sink.name)
-        self._max_attempts = max_attempts
+        self.policy = RetryPolicy(max_attempts, backoff_cap_s, max_retry_after_s)
+        self._health = SinkHealth(self.status)
         self._poll_interval = poll_interval_s
-        self._backoff_cap = backoff_cap_s
-        self._max_retry_after = max_retry_after_s
         self._linger = getattr(sink, "linger_s", _DEFAULT_LINGER_S)
         self._send_timeout = getattr(sink, "send_timeout_s", _DEFAULT_SEND_TIMEOUT_S)
         self._wake = journal.subscribe()
         self._stopping = asyncio.Event()
-        self._last_failure_log = 0.0
         self._next_replay_check = 0.0
         self._lease: Lease | None = None
-        metrics.SINK_HEALTHY.labels(sink.name).set(1)
 
     def stop(self) -> None:
         """Ask the loop to finish: it drains what is already journaled, then returns."""
@@ -145,7 +124,7 @@ class DeliveryLoop:
                         await self._wait(self._stopping, self._linger)
                 except JournalUnavailable as exc:
                     # The records stay where they are; pick up from the same cursor once it answers.
-                    self._failed("journal", str(exc), (), unhealthy=False)
+                    self._health.failed("journal", str(exc), 0, unhealthy=False)
                     await self._pause(_JOURNAL_RETRY_S)
         except _Stopped:
             return
@@ -181,7 +160,7 @@ class DeliveryLoop:
 
     def crashed(self, reason: str) -> None:
         """The supervisor's report of a failure that escaped the loop: red until a send succeeds."""
-        self._failed("crash", f"delivery loop failed: {reason}", (), unhealthy=True)
+        self._health.failed("crash", f"delivery loop failed: {reason}", 0, unhealthy=True)
 
     async def _hold_lease(self) -> bool:
         """Whether this process delivers to the sink; another replica may hold its lease.
@@ -225,10 +204,11 @@ class DeliveryLoop:
             if failed.isolated:
                 await self._dead_letter(failed.entries, failed.reason, attempts)
                 return failed.entries
-            self._failed("permanent", failed.reason, entries, unhealthy=False)
-            if attempts >= self._max_attempts:
+            self._health.failed("permanent", failed.reason, len(entries), unhealthy=False)
+            delay = self.policy.after_failure(attempts)
+            if delay is None:
                 break
-            await self._pause(backoff_delay(attempts, cap=self._backoff_cap))
+            await self._pause(delay)
         dead = await self._isolate(list(entries), failed.reason)
         for reason in dict.fromkeys(why for _, why in dead):
             await self._dead_letter([entry for entry, why in dead if why == reason], reason, attempts)
@@ -249,7 +229,7 @@ class DeliveryLoop:
             failed = await self._send(half)
             if failed is None:
                 continue
-            self._failed("permanent", failed.reason, failed.entries, unhealthy=False)
+            self._health.failed("permanent", failed.reason, len(failed.entries), unhealthy=False)
             if failed.isolated:
                 dead += [(entry, failed.reason) for entry in failed.entries]
             else:
@@ -272,21 +252,21 @@ class DeliveryLoop:
                     await self.sink.send(entries)
             except RetryableError as exc:
                 retries += 1
-                self._failed("retryable", exc.reason, entries, unhealthy=exc.unhealthy)
-                await self._pause(self._retry_delay(exc, retries))
+                self._health.failed("retryable", exc.reason, len(entries), unhealthy=exc.unhealthy)
+                await self._pause(self.policy.after_retryable(exc, retries))
                 continue
             except TimeoutError:
                 retries += 1
                 reason = f"{self.sink.name}: send did not finish within {self._send_timeout:g} s"
-                self._failed("retryable", reason, entries, unhealthy=True)
-                await self._pause(backoff_delay(retries, cap=self._backoff_cap))
+                self._health.failed("retryable", reason, len(entries), unhealthy=True)
+                await self._pause(self.policy.after_timeout(retries))
                 continue
             except PermanentError as exc:
                 if exc.event_ids is None:
                     return _Failed(list(entries), exc.reason, isolated=False)
                 refused = set(exc.event_ids)
                 rejected = [entry for entry in entries if entry.event_id in refused]
-                self._succeeded(len(entries) - len(rejected))
+                self._health.succeeded(len(entries) - len(rejected))
                 return _Failed(rejected, exc.reason, isolated=True) if rejected else None
             except Exception as exc:  # a bug in a sink must not stall the pipeline silently
                 return self._unexpected(entries, exc)
@@ -295,18 +275,12 @@ class DeliveryLoop:
                 if task is None or task.cancelling():
                     raise  # shutdown
                 return self._unexpected(entries, exc)  # leaked by the sink: nobody cancelled us
-            self._succeeded(len(entries))
+            self._health.succeeded(len(entries))
             return None
 
     def _unexpected(self, entries: Sequence[Entry], exc: BaseException) -> _Failed:
         logger.error("sink raised an unexpected error", exc_info=exc, extra={"sink": self.sink.name})
         return _Failed(list(entries), f"{type(exc).__name__}: {exc}", isolated=False)
-
-    def _retry_delay(self, exc: RetryableError, retries: int) -> float:
-        cap = self._backoff_cap * 4 if exc.unhealthy else self._backoff_cap
-        delay = backoff_delay(retries, cap=cap)
-        asked = bounded_wait(exc.retry_after, self._max_retry_after)
-        return delay if asked is None else max(asked, delay)
 
     async def _replay_requested(self) -> None:
         """Re-send dead letters an operator marked for replay (``workos-forwarder dlq replay``).
@@ -349,38 +323,6 @@ class DeliveryLoop:
                 "attempts": attempts,
             },
         )
-
-    def _succeeded(self, count: int) -> None:
-        status = self.status
-        if status.failing_since is not None:
-            logger.info(
-                "sink recovered",
-                extra={"sink": status.name, "failed_for_s": round(time.time() - status.failing_since, 1)},
-            )
-        status.healthy = True
-        status.failing_since = None
-        status.last_success_at = time.time()
-        metrics.SINK_HEALTHY.labels(status.name).set(1)
-        metrics.SINK_DELIVERED.labels(status.name).inc(count)
-
-    def _failed(self, kind: str, reason: str, entries: Sequence[object], *, unhealthy: bool) -> None:
-        status = self.status
-        now = time.time()
-        first = status.failing_since is None
-        if first:
-            status.failing_since = now
-        status.last_error = reason
-        status.last_error_at = now
-        if unhealthy:
-            status.healthy = False
-            metrics.SINK_HEALTHY.labels(status.name).set(0)
-        metrics.SINK_FAILURES.labels(status.name, kind).inc()
-        if first or now - self._last_failure_log >= _FAILURE_LOG_INTERVAL_S:
-            self._last_failure_log = now
-            logger.warning(
-                "sink send failed",
-                extra={"sink": status.name, "kind": kind, "reason": reason, "records": len(entries)},
-            )
 
     async def _pause(self, seconds: float) -> None:
         """Wait before a retry; shutdown cuts the wait short and leaves the batch in the journal."""

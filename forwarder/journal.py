@@ -1,10 +1,11 @@
 """The durable journal: every accepted event, per-sink cursors and the dead-letter table.
 
-All writes go through one writer thread that takes whatever is queued and commits it in a
-single transaction (group commit): under load many webhook requests share one fsync, while
-each request still waits for the commit that holds its event. Reads use one connection per
-thread. The SQL is written once; ``forwarder.engines`` supplies SQLite (embedded default,
-WAL) or PostgreSQL (several replicas on one journal).
+``Journal`` is the store's operations: deduplicating inserts, cursors, dead letters and
+source state, retention, probes, leases and statistics. Writes run through one
+``GroupCommitWriter`` (``forwarder.group_commit``), so many webhook requests share one
+commit; reads use one connection per thread. The SQL is written once;
+``forwarder.engines`` supplies SQLite (embedded default, WAL) or PostgreSQL (several
+replicas on one journal).
 
 The public surface is deliberately small (append, cursors, dead letters, state, leases,
 reads), so sources, normalization and sinks never see which engine is behind it.
@@ -13,113 +14,27 @@ reads), so sources, normalization and sinks never see which engine is behind it.
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import functools
 import logging
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from forwarder import failpoints, metrics
 from forwarder.engines import Engine, Lease, SQLiteEngine
+from forwarder.group_commit import WRITE_DEADLINE_S, GroupCommitWriter, JournalUnavailable, Transaction
+from forwarder.read_connections import ReadConnections
+from forwarder.records import DeadLetter, Entry, NewRecord, Stats
 
 logger = logging.getLogger("forwarder.journal")
-T = TypeVar("T")
-
-
-class JournalUnavailable(Exception):
-    """The journal cannot take the write (or answer the read) now; webhooks get 503 + Retry-After."""
-
-    retry_after_s = 5
+_MAX_INSERT_ROWS = 64
 
 
 class BacklogFull(JournalUnavailable):
     """Sinks are too far behind: accepting more would grow the journal without bound."""
 
     retry_after_s = 30
-
-
-# One of these, and one Entry, is made per event: not frozen, because a frozen dataclass's
-# __init__ sets each field through object.__setattr__ (about four times the cost).
-@dataclass(slots=True)
-class NewRecord:
-    event_id: str
-    event_type: str
-    created_at: float | None
-    json: bytes
-
-
-@dataclass(slots=True)
-class Entry:
-    """A stored record as delivery loops read it; it is the ``sinks.base.Record`` sinks get."""
-
-    seq: int
-    event_id: str
-    event_type: str
-    time: float
-    """The record's ``date`` in epoch seconds: ``created_at``, or ``received_at`` without one."""
-    json: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    id: int
-    sink: str
-    event_id: str
-    event_type: str
-    reason: str
-    attempts: int
-    failed_at: float
-    state: str
-    record: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Stats:
-    events: int
-    bytes: int
-    head: int
-    """The last sequence number handed out, whether or not retention has deleted its record."""
-
-
-class _Tx:
-    """One write transaction, shared by every operation of a group commit."""
-
-    __slots__ = ("_sql", "backlog", "conn")
-
-    def __init__(self, conn: Any, sql: Callable[[str], str]) -> None:
-        self.conn = conn
-        self._sql = sql
-        self.backlog: int | None = None
-
-    def execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
-        return self.conn.execute(self._sql(statement), params)
-
-    def executemany(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
-        cursor = self.conn.cursor()
-        cursor.executemany(self._sql(statement), list(rows))
-        cursor.close()
-
-
-@dataclass(slots=True)
-class _Op:
-    fn: Callable[[_Tx], Any]
-    future: asyncio.Future[Any]
-    loop: asyncio.AbstractEventLoop
-    deadline: float = 0.0
-
-
-_STOP = object()
-_MAX_INSERT_ROWS = 64
-WRITE_DEADLINE_S = 10.0
-"""How long a caller waits for its write before it gets JournalUnavailable (a webhook: 503)."""
-_WRITER_BACKOFF_S = (0.1, 5.0)
-_DEADLINE_CHECK_S = 0.25
 
 
 @functools.cache
@@ -147,213 +62,38 @@ class Journal:
         self.engine: Engine = SQLiteEngine(engine) if isinstance(engine, Path) else engine
         self.location = self.engine.location
         self._backlog_limit = backlog_limit
-        self._write_deadline = write_deadline_s
-        self._local = threading.local()
-        self._ops: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._reads = ReadConnections(self.engine)
         self._sinks: list[str] = []
-        self._subscribers: list[asyncio.Event] = []
         self._waiting: list[tuple[NewRecord, asyncio.Future[bool]]] = []
-        self.last_error: str | None = None
-        self._closing = False
-        self._closed = threading.Event()
-        self._writer_running = False
-        self._in_flight: collections.deque[_Op] = collections.deque()
-        self._writer_conn: Any = self.engine.connect(writer=True)
-        self.engine.create_schema(self._writer_conn)
-        self._repair_sequence(_Tx(self._writer_conn, self.engine.sql), begin=True)
-        self._writer = self._start_writer()
-        threading.Thread(target=self._watch_deadlines, name="journal-deadlines", daemon=True).start()
+        conn = self.engine.connect(writer=True)
+        self.engine.create_schema(conn)
+        self._repair_sequence(Transaction(conn, self.engine.sql), begin=True)
+        self._writer = GroupCommitWriter(
+            self.engine, conn, write_deadline_s=write_deadline_s, refusals=(BacklogFull,)
+        )
 
-    # -- the writer thread ---------------------------------------------------------------
+    # -- the writer's health -------------------------------------------------------------
 
-    def _start_writer(self) -> threading.Thread:
-        self._writer_running = True
-        writer = threading.Thread(target=self._run_writer, name="journal-writer", daemon=True)
-        writer.start()
-        return writer
+    @property
+    def last_error(self) -> str | None:
+        """Why the last write failed; None once a write succeeds again."""
+        return self._writer.last_error
 
     @property
     def writer_alive(self) -> bool:
-        return self._writer_running
+        return self._writer.alive
 
     def ensure_writer(self) -> bool:
-        """Start a new writer thread if the last one died; True if it had to (it is counted).
-
-        The writer survives every exception raised while it writes; this is the last line of
-        defence, for what escapes that (a BaseException), checked by the service every second.
-        """
-        if self._closing or self._writer_running:
-            return False
-        logger.error(
-            "the journal writer thread had died; starting a new one", extra={"journal": self.location}
-        )
-        metrics.TASK_RESTARTS.labels("journal-writer").inc()
-        self._writer = self._start_writer()
-        return True
-
-    async def _submit(self, fn: Callable[[_Tx], Any]) -> Any:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._enqueue(_Op(fn, future, loop))
-        return await future
-
-    def _enqueue(self, op: _Op) -> None:
-        """Queue ``op`` for the writer; ``_watch_deadlines`` gives up on it after the deadline."""
-        if not self._writer_running:
-            op.future.set_exception(JournalUnavailable("the journal writer is not running"))
-            return
-        op.deadline = time.monotonic() + self._write_deadline
-        self._in_flight.append(op)
-        self._ops.put(op)
-
-    def _watch_deadlines(self) -> None:
-        """Thread: answer JournalUnavailable to every caller whose write outlived the deadline.
-
-        The deadline is the only bound on what a caller awaits: a writer that is stuck (a
-        disk that stopped answering, a lock held elsewhere) answers 503 in bounded time
-        instead of holding every request open. A write that commits after its caller gave up
-        is harmless: the sender retries, and the event id deduplicates it. One thread checking
-        the oldest writes four times a second costs the hot path a deque append; a timer per
-        write cost about 2,600 instructions per webhook.
-        """
-        in_flight = self._in_flight
-        while not self._closed.wait(_DEADLINE_CHECK_S):
-            now = time.monotonic()
-            while in_flight:
-                op = in_flight[0]
-                if not op.future.done() and op.deadline > now:
-                    break  # deadlines are in queue order: the rest are later
-                in_flight.popleft()
-                if not op.future.done():
-                    with contextlib.suppress(RuntimeError):  # its loop closed: nobody waits
-                        op.loop.call_soon_threadsafe(_expire, op.future, self._write_deadline)
-
-    def _run_writer(self) -> None:
-        try:
-            self._write_loop()
-        finally:
-            # Read on every write instead of Thread.is_alive(), which takes a lock.
-            self._writer_running = False
-
-    def _write_loop(self) -> None:
-        """Take what is queued, commit it as one transaction, repeat until ``close``.
-
-        Every exception is caught here: the batch's callers get JournalUnavailable, the
-        failure is logged with its traceback and counted as a restart, and the loop goes on
-        after a backoff. A writer that died would leave every later write waiting.
-        """
-        failures = 0
-        while True:
-            batch, stop_after = self._take_batch()
-            try:
-                failpoints.hit("journal.writer")
-                self._commit(batch)
-                failures = 0
-            except Exception as exc:
-                failures += 1
-                logger.exception(
-                    "journal writer failed; it goes on after a pause", extra={"journal": self.location}
-                )
-                metrics.TASK_RESTARTS.labels("journal-writer").inc()
-                self._abandon_transaction()
-                self.last_error = f"journal writer failed: {type(exc).__name__}: {exc}"
-                self._settle_all(batch, JournalUnavailable(self.last_error))
-                low, high = _WRITER_BACKOFF_S
-                time.sleep(min(high, low * 2 ** (failures - 1)))
-            if stop_after:
-                break
-        if self._writer_conn is not None:
-            self._writer_conn.close()
-
-    def _take_batch(self) -> tuple[list[_Op], bool]:
-        """Everything queued now (waiting for the first); True if ``close`` came after it."""
-        batch: list[_Op] = []
-        first = self._ops.get()
-        if first is _STOP:
-            return batch, True
-        batch.append(first)
-        while True:
-            try:
-                op = self._ops.get_nowait()
-            except queue.Empty:
-                return batch, False
-            if op is _STOP:
-                return batch, True
-            batch.append(op)
-
-    def _commit(self, batch: list[_Op]) -> None:
-        outcomes: list[tuple[_Op, Any, BaseException | None]] = []
-        started = time.perf_counter()
-        try:
-            if self._writer_conn is None:
-                self._writer_conn = self.engine.connect(writer=True)
-            conn = self._writer_conn
-            conn.execute(self.engine.begin)
-            self.engine.serialize_writers(conn)
-            tx = _Tx(conn, self.engine.sql)
-            for op in batch:
-                try:
-                    outcomes.append((op, op.fn(tx), None))
-                except BacklogFull as exc:
-                    outcomes.append((op, None, exc))
-            conn.execute("COMMIT")
-            metrics.JOURNAL_COMMIT.observe(time.perf_counter() - started)
-            self.last_error = None
-        except self.engine.errors as exc:
-            self._abandon_transaction()
-            logger.error(
-                "journal write failed",
-                extra={"error": str(exc), "operations": len(batch), "journal": self.location},
-            )
-            self.last_error = str(exc)
-            failure = JournalUnavailable(f"journal write failed: {exc}")
-            outcomes = [(op, None, failure) for op in batch]
-        self._deliver_outcomes(outcomes)
-
-    def _settle_all(self, batch: list[_Op], failure: BaseException) -> None:
-        self._deliver_outcomes([(op, None, failure) for op in batch])
-
-    def _deliver_outcomes(self, outcomes: list[tuple[_Op, Any, BaseException | None]]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Op, Any, BaseException | None]]] = {}
-        for outcome in outcomes:
-            by_loop.setdefault(outcome[0].loop, []).append(outcome)
-        for loop, settled in by_loop.items():
-            # A loop that closed while we committed has nobody waiting any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._settle, settled)
-
-    def _abandon_transaction(self) -> None:
-        """Roll back; a connection that cannot even do that is dropped and reopened next time."""
-        if self._writer_conn is None:
-            return
-        try:
-            self._writer_conn.execute("ROLLBACK")
-        except self.engine.errors:
-            with contextlib.suppress(Exception):
-                self._writer_conn.close()
-            self._writer_conn = None
-
-    def _settle(self, outcomes: list[tuple[_Op, Any, BaseException | None]]) -> None:
-        for op, result, exc in outcomes:
-            if op.future.done():
-                continue
-            if exc is None:
-                op.future.set_result(result)
-            else:
-                op.future.set_exception(exc)
-        for event in self._subscribers:
-            event.set()
+        """Start a new writer thread if the last one died; True if it had to (it is counted)."""
+        return self._writer.ensure_running()
 
     async def close(self) -> None:
         """Finish queued writes, then stop the writer thread (bounded: it is a daemon thread)."""
-        self._closing = True
-        self._ops.put(_STOP)
-        await asyncio.to_thread(self._writer.join, self._write_deadline)
-        self._closed.set()
+        await self._writer.close()
 
     # -- sequence numbers ----------------------------------------------------------------
 
-    def _repair_sequence(self, tx: _Tx, *, begin: bool = False) -> tuple[int, int]:
+    def _repair_sequence(self, tx: Transaction, *, begin: bool = False) -> tuple[int, int]:
         """Raise the sequence above every record and cursor; answers (floor, high water before).
 
         A sink's cursor says "delivered up to here"; a record numbered at or below it would
@@ -390,8 +130,8 @@ class Journal:
 
     def sequence_behind(self) -> tuple[int, int] | None:
         """(highest cursor, sequence high water) when a cursor is above the sequence, else None."""
-        ((cursor,),) = self._read("SELECT MAX(seq) FROM cursors")
-        high_water = self._on_reader(self.engine.sequence_high_water)
+        ((cursor,),) = self._reads.query("SELECT MAX(seq) FROM cursors")
+        high_water = self._reads.run(self.engine.sequence_high_water)
         return (int(cursor), high_water) if cursor is not None and cursor > high_water else None
 
     async def check_sequence(self) -> bool:
@@ -404,7 +144,7 @@ class Journal:
         behind = await asyncio.to_thread(self.sequence_behind)
         if behind is None:
             return False
-        floor, high_water = await self._submit(self._repair_sequence)
+        floor, high_water = await self._writer.submit(self._repair_sequence)
         if high_water < floor:
             metrics.JOURNAL_SEQUENCE_REPAIRS.inc()
         return True
@@ -419,7 +159,7 @@ class Journal:
         ``state`` (key -> value) is written in the same transaction, so a source's cursor
         can never run ahead of, or behind, the events it stands for.
         """
-        return await self._submit(lambda tx: self._append(tx, records, state))
+        return await self._writer.submit(lambda tx: self._append(tx, records, state))
 
     async def append_one(self, record: NewRecord) -> bool:
         """``append`` for a single record; callers in the same event-loop turn share one write.
@@ -440,15 +180,18 @@ class Journal:
         records = [record for record, _ in waiting]
         written: asyncio.Future[list[bool]] = loop.create_future()
         written.add_done_callback(functools.partial(_settle_each, waiting))
-        self._enqueue(_Op(lambda tx: self._append(tx, records, None), written, loop))
+        self._writer.enqueue(lambda tx: self._append(tx, records, None), written, loop)
 
-    def _append(self, tx: _Tx, records: Sequence[NewRecord], state: Mapping[str, str] | None) -> list[bool]:
+    def _append(
+        self, tx: Transaction, records: Sequence[NewRecord], state: Mapping[str, str] | None
+    ) -> list[bool]:
         if self._sinks:
-            if tx.backlog is None:
-                tx.backlog = self._backlog(tx)
-            if tx.backlog + len(records) > self._backlog_limit:
-                raise BacklogFull(f"{tx.backlog} records wait for delivery (limit {self._backlog_limit})")
-            tx.backlog += len(records)
+            backlog = tx.shared.get("backlog")
+            if backlog is None:
+                backlog = self._backlog(tx)
+            if backlog + len(records) > self._backlog_limit:
+                raise BacklogFull(f"{backlog} records wait for delivery (limit {self._backlog_limit})")
+            tx.shared["backlog"] = backlog + len(records)
         now = time.time()
         inserted: set[str] = set()
         start = 0
@@ -473,7 +216,7 @@ class Journal:
             )
         return fresh
 
-    def _backlog(self, tx: _Tx) -> int:
+    def _backlog(self, tx: Transaction) -> int:
         """Sequence numbers between the slowest registered sink and the head.
 
         Sequence arithmetic instead of a row count keeps this O(1) however deep the backlog;
@@ -493,7 +236,7 @@ class Journal:
         removed from the configuration does not hold the journal back forever.
         """
         names = list(names)
-        await self._submit(
+        await self._writer.submit(
             lambda tx: tx.executemany(
                 "INSERT INTO cursors (sink, seq, updated_at) VALUES (?, 0, ?) ON CONFLICT (sink) DO NOTHING",
                 [(name, time.time()) for name in names],
@@ -507,7 +250,7 @@ class Journal:
         Two replicas can both deliver a sink for a moment after its lease moved; the one that
         lost it must not drag the shared cursor back over what the other delivered.
         """
-        await self._submit(
+        await self._writer.submit(
             lambda tx: tx.execute(
                 "UPDATE cursors SET seq = CASE WHEN seq > ? THEN seq ELSE ? END, updated_at = ?"
                 " WHERE sink = ?",
@@ -518,7 +261,7 @@ class Journal:
     async def dead_letter(self, sink: str, entries: Sequence[Entry], reason: str, attempts: int) -> None:
         """Keep a copy of each record with the reason; a later replay re-sends it to ``sink``."""
         now = time.time()
-        await self._submit(
+        await self._writer.submit(
             lambda tx: tx.executemany(
                 "INSERT INTO dead_letters"
                 " (sink, event_id, event_type, record, reason, attempts, failed_at, state)"
@@ -532,13 +275,13 @@ class Journal:
     async def request_replay(self, *, sink: str | None = None, event_id: str | None = None) -> int:
         """Mark dead letters for replay; the running service's delivery loop re-sends them."""
         where, params = _filters(state="dead", sink=sink, event_id=event_id)
-        return await self._submit(
+        return await self._writer.submit(
             lambda tx: tx.execute(f"UPDATE dead_letters SET state = 'replay' WHERE {where}", params).rowcount
         )
 
     async def finish_replay(self, ids: Sequence[int]) -> None:
         """Forget dead letters that a replay delivered."""
-        await self._submit(
+        await self._writer.submit(
             lambda tx: tx.executemany("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in ids])
         )
 
@@ -557,7 +300,7 @@ class Journal:
         cutoff = time.time() - older_than_s
         removed = 0
         while True:
-            count = await self._submit(
+            count = await self._writer.submit(
                 lambda tx: (
                     tx.execute(
                         "DELETE FROM events WHERE seq IN"
@@ -576,7 +319,7 @@ class Journal:
         Readiness uses it after a failed write, to notice when the store takes writes again.
         """
 
-        def write_and_undo(tx: _Tx) -> None:
+        def write_and_undo(tx: Transaction) -> None:
             tx.execute("SAVEPOINT probe")
             try:
                 tx.execute(
@@ -588,13 +331,11 @@ class Journal:
                 tx.execute("ROLLBACK TO SAVEPOINT probe")
                 tx.execute("RELEASE SAVEPOINT probe")
 
-        await self._submit(write_and_undo)
+        await self._writer.submit(write_and_undo)
 
     def subscribe(self) -> asyncio.Event:
         """An event set after every commit made by this process (other processes: poll)."""
-        event = asyncio.Event()
-        self._subscribers.append(event)
-        return event
+        return self._writer.subscribe()
 
     def claim(self, sink: str) -> Lease | None:
         """The delivery lease for ``sink``: exactly one process delivers to it at a time."""
@@ -605,39 +346,8 @@ class Journal:
 
     # -- reads (blocking; call through asyncio.to_thread from async code) ---------------
 
-    def _read(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
-        """Run a query on this thread's connection (see ``_on_reader``)."""
-        sql = self.engine.sql(statement)
-        return self._on_reader(lambda conn: conn.execute(sql, params).fetchall())
-
-    def _on_reader(self, read: Callable[[Any], T]) -> T:
-        """``read(connection)`` on this thread's read connection, opened on first use.
-
-        A connection that has gone stale (the server restarted, a proxy dropped it) is
-        replaced, and the read tried once more on a fresh one before it fails.
-        """
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            try:
-                return read(conn)
-            except self.engine.errors:
-                self._drop_reader(conn)
-        conn = None
-        try:
-            conn = self._local.conn = self.engine.connect(writer=False)
-            return read(conn)
-        except self.engine.errors as exc:
-            self._drop_reader(conn)
-            raise JournalUnavailable(f"journal read failed: {exc}") from exc
-
-    def _drop_reader(self, conn: Any) -> None:
-        self._local.conn = None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
-
     def read_after(self, seq: int, limit: int) -> list[Entry]:
-        rows = self._read(
+        rows = self._reads.query(
             "SELECT seq, event_id, event_type, COALESCE(created_at, received_at), record FROM events"
             " WHERE seq > ? ORDER BY seq LIMIT ?",
             (seq, limit),
@@ -645,18 +355,18 @@ class Journal:
         return [Entry(*row) for row in rows]
 
     def cursors(self) -> dict[str, int]:
-        return dict(self._read("SELECT sink, seq FROM cursors"))
+        return dict(self._reads.query("SELECT sink, seq FROM cursors"))
 
     def oldest_after(self, seq: int) -> float | None:
         """When the oldest record after ``seq`` was received, for lag in seconds."""
-        rows = self._read("SELECT received_at FROM events WHERE seq > ? ORDER BY seq LIMIT 1", (seq,))
+        rows = self._reads.query("SELECT received_at FROM events WHERE seq > ? ORDER BY seq LIMIT 1", (seq,))
         return rows[0][0] if rows else None
 
     def dead_letters(
         self, *, sink: str | None = None, state: str | None = None, limit: int = 1000
     ) -> list[DeadLetter]:
         where, params = _filters(state=state, sink=sink)
-        rows = self._read(
+        rows = self._reads.query(
             "SELECT id, sink, event_id, event_type, reason, attempts, failed_at, state, record"
             f" FROM dead_letters WHERE {where} ORDER BY id LIMIT ?",
             [*params, limit],
@@ -664,10 +374,10 @@ class Journal:
         return [DeadLetter(*row) for row in rows]
 
     def dead_letter_counts(self) -> dict[str, int]:
-        return dict(self._read("SELECT sink, COUNT(*) FROM dead_letters GROUP BY sink"))
+        return dict(self._reads.query("SELECT sink, COUNT(*) FROM dead_letters GROUP BY sink"))
 
     def get_state(self, key: str) -> str | None:
-        rows = self._read("SELECT value FROM state WHERE key = ?", (key,))
+        rows = self._reads.query("SELECT value FROM state WHERE key = ?", (key,))
         return rows[0][0] if rows else None
 
     def pending(self, cursor: int) -> int:
@@ -681,13 +391,13 @@ class Journal:
         return max(self._head() - cursor, 0)
 
     def _head(self) -> int:
-        return self._read("SELECT MAX(seq) FROM events")[0][0] or 0
+        return self._reads.query("SELECT MAX(seq) FROM events")[0][0] or 0
 
     def stats(self) -> Stats:
         """Journal size; ``events`` is the sequence range held, see ``pending``."""
-        ((low, high),) = self._read("SELECT MIN(seq), MAX(seq) FROM events")
+        ((low, high),) = self._reads.query("SELECT MIN(seq), MAX(seq) FROM events")
         events = high - low + 1 if high is not None else 0
-        head, size = self._on_reader(
+        head, size = self._reads.run(
             lambda conn: (self.engine.sequence_high_water(conn), self.engine.size_bytes(conn))
         )
         return Stats(events=events, bytes=size, head=head)
@@ -702,11 +412,6 @@ class Journal:
     @property
     def backlog_limit(self) -> int:
         return self._backlog_limit
-
-
-def _expire(future: asyncio.Future[Any], deadline: float) -> None:
-    if not future.done():
-        future.set_exception(JournalUnavailable(f"journal write did not finish within {deadline:g} s"))
 
 
 def _settle_each(
