@@ -343,10 +343,10 @@ class UnknownTypes:
             if pollable:
                 self._pollable = (*self._pollable, event_type)
         logger.warning(
-            "event type %r is not in this release's catalog: it is forwarded with event=\"other\" in "
-            "Prometheus%s. To poll it after a restart too, set WORKOS_EVENTS=*,%s",
+            'event type %r is not in this release\'s catalog: it is forwarded, counted as event="other" '
+            "in Prometheus%s. To poll it after a restart too, set WORKOS_EVENTS=*,%s",
             event_type,
-            " and added to the Events API poller's request" if pollable else "",
+            ", and added to the request of an Events API poller that asks for every type" if pollable else "",
             event_type if pollable else "<type>",
             extra={"event_type": event_type},
         )

@@ -330,6 +330,7 @@ def test_an_unknown_webhook_type_is_logged_once_counted_and_polled_from_then_on(
     wait_for(lambda: workos_api.page_requests(), what="a first successful poll")
     assert all(new_type not in types for types in _requested_types(workos_api))
 
+    asked = len(workos_api.requests)
     for _ in range(3):
         assert service.post(make_event(new_type)).status_code == 200
     assert wait_for(lambda: service.metric("workos_forwarder_uncatalogued_events_total") == 3)
@@ -337,7 +338,6 @@ def test_an_unknown_webhook_type_is_logged_once_counted_and_polled_from_then_on(
 
     # The next poll asks for it. The API double, like WorkOS for a type it does not serve,
     # answers 422: the poller says so and goes on with the known types.
-    asked = len(workos_api.requests)
     wait_for(
         lambda: any(new_type in types for types in _requested_types(workos_api)[asked:]),
         what="a poll naming it",

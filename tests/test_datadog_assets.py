@@ -1,9 +1,11 @@
-"""Datadog monitors, dashboards and log-based metrics: valid, querying what we emit, applied idempotently.
+"""Datadog pipeline, monitors, dashboards and log-based metrics: valid, querying what we emit,
+applied idempotently.
 
 The shipped JSON files are checked with the same code as ``workos-forwarder datadog
 validate``; every facet they use is looked up in records produced by the real normalizer
-from a sample of every category; ``apply`` runs through the real datadog-api-client against
-a Datadog API double on loopback.
+from a sample of every category, as the shipped logs pipeline enriches them (the attributes
+Datadog documents for its GeoIP and user-agent parsers, where the record has their source);
+``apply`` runs through the real datadog-api-client against a Datadog API double on loopback.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import sinks.prometheus  # noqa: F401  (registers workos_events_total on the sha
 from forwarder import catalog
 from forwarder.datadog.assets import MANAGED_TAG, Asset, load_assets
 from forwarder.datadog.cli import datadog
+from forwarder.datadog.pipelines import processors, written_attributes
 from forwarder.datadog.queries import (
     OUR_LOGS,
     dashboard_log_searches,
@@ -61,6 +64,8 @@ EXTRA_EVENTS = [
             "updated_at": "2026-11-26T23:31:00.000Z",
         },
     ),
+    # feature_flags.* (SDK 10.8): the namespaced successor of flag.*, the same flag object.
+    make_event("feature_flags.flag.created", data=copy.deepcopy(SAMPLES["flag_created"]["data"])),
     make_event(
         "dsync.deleted",
         data={
@@ -83,6 +88,7 @@ def records() -> list[dict[str, Any]]:
 
 
 RECORDS = records()
+(PIPELINE,) = [asset for asset in ASSETS if asset.kind == "pipeline"]
 
 
 def value_at(record: dict[str, Any], path: str) -> Any:
@@ -92,6 +98,32 @@ def value_at(record: dict[str, Any], path: str) -> Any:
             return None
         current = current[part]
     return current
+
+
+def enriched(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` after the shipped pipeline: each GeoIP or user-agent parser whose source the
+    record has writes what Datadog documents under its target; other records pass unchanged."""
+    result = copy.deepcopy(record)
+    for _, processor in processors(PIPELINE.document):
+        if processor["type"] not in ("geo-ip-parser", "user-agent-parser"):
+            continue
+        if not any(value_at(record, source) is not None for source in processor["sources"]):
+            continue
+        for path in written_attributes({"processors": [processor]}):
+            *parents, leaf = path.split(".")
+            target = result
+            for part in parents:
+                target = target.setdefault(part, {})
+            target[leaf] = f"({processor['type']})"
+    return result
+
+
+ENRICHED = [enriched(record) for record in RECORDS]
+
+
+def records_for(asset: Asset) -> list[dict[str, Any]]:
+    """What the asset sees: the pipeline reads records as sent, everything else reads them enriched."""
+    return RECORDS if asset.kind == "pipeline" else ENRICHED
 
 
 def assets_of(kind: str) -> list[Asset]:
@@ -110,7 +142,7 @@ def test_every_shipped_asset_passes_validate() -> None:
     _, problems = validate(ROOT)
     assert [str(p) for p in problems] == []
     kinds = {asset.kind for asset in ASSETS}
-    assert kinds == {"monitor", "dashboard", "log_metric"}
+    assert kinds == {"pipeline", "monitor", "dashboard", "log_metric"}
 
 
 def test_validate_command_reports_success() -> None:
@@ -163,6 +195,8 @@ def test_every_log_query_selects_this_forwarder_s_logs_not_workos_s_own_stream()
                 searches.append(parsed.search)
         elif asset.kind == "dashboard":
             searches.extend(search for _, search in dashboard_log_searches(asset.document))
+        elif asset.kind == "pipeline":
+            searches.append(asset.document["filter"]["query"])
         else:
             searches.append(asset.document["data"]["attributes"]["filter"]["query"])
     assert len(searches) > 20
@@ -195,9 +229,42 @@ def test_samples_cover_every_category_the_assets_query() -> None:
 
 @pytest.mark.parametrize("asset", ASSETS, ids=ids(ASSETS))
 def test_every_facet_used_exists_in_a_normalized_record(asset: Asset) -> None:
+    """Dashboards and monitors: in a record as the pipeline leaves it; the pipeline: as sent."""
     facets = referenced_facets(asset)
-    missing = sorted(f for f in facets if not any(value_at(r, f) is not None for r in RECORDS))
-    assert missing == [], f"{asset.path.name} uses facets no normalized record has"
+    seen = records_for(asset)
+    missing = sorted(f for f in facets if not any(value_at(r, f) is not None for r in seen))
+    assert missing == [], f"{asset.path.name} uses facets no normalized (and enriched) record has"
+
+
+def test_the_pipeline_enriches_sign_ins_as_native_identity_integrations_do() -> None:
+    parsers = {processor["type"]: processor for _, processor in processors(PIPELINE.document)}
+    assert parsers["geo-ip-parser"]["sources"] == ["network.client.ip"]
+    assert parsers["geo-ip-parser"]["target"] == "network.client.geoip"
+    assert parsers["user-agent-parser"]["sources"] == ["http.useragent"]
+    assert parsers["user-agent-parser"]["target"] == "http.useragent_details"
+    failure = next(r for r in ENRICHED if r["evt"]["name"] == "authentication.password_failed")
+    assert failure["evt"]["category"] == "authentication"
+    assert value_at(failure, "network.client.geoip.country.iso_code") is not None
+    assert value_at(failure, "http.useragent_details.browser.family") is not None
+
+
+def test_the_new_widgets_use_only_attributes_the_pipeline_or_normalizer_produce() -> None:
+    (dashboard,) = assets_of("dashboard")
+    (group,) = [
+        widget["definition"]
+        for widget in dashboard.document["widgets"]
+        if widget["definition"].get("title", "").startswith("Where sign-ins come from")
+    ]
+    kinds = [widget["definition"]["type"] for widget in group["widgets"]]
+    assert kinds == ["geomap", "toplist", "change"]
+    used = referenced_facets(Asset("dashboard", dashboard.path, group))
+    from_pipeline = {f for f in used if f.startswith(("network.client.geoip.", "http.useragent_details."))}
+    assert from_pipeline, "the widgets no longer use the enriched attributes"
+    assert from_pipeline <= written_attributes(PIPELINE.document)
+    # only the pipeline writes them: without it, these widgets would be empty
+    assert not any(value_at(r, f) is not None for r in RECORDS for f in from_pipeline)
+    for facet in used:
+        assert any(value_at(r, facet) is not None for r in ENRICHED), facet
 
 
 @pytest.mark.parametrize("asset", ASSETS, ids=ids(ASSETS))
@@ -222,6 +289,8 @@ def facet_values() -> Iterator[tuple[str, str, str]]:
             searches = [parsed.search] if parsed is not None and parsed.search else []
         elif asset.kind == "dashboard":
             searches = [search for _, search in dashboard_log_searches(asset.document)]
+        elif asset.kind == "pipeline":
+            searches = [asset.document["filter"]["query"]]
         else:
             searches = [asset.document["data"]["attributes"]["filter"]["query"]]
         for search in searches:
@@ -312,6 +381,8 @@ def with_asset(tmp_path: Path, relative: str, change: Callable[[dict[str, Any]],
 SPIKE = "monitors/datadog/authentication-failure-spike.json"
 OVERVIEW = "dashboards/datadog/workos-overview.json"
 METRIC = "monitors/datadog/log_metrics/workos.authentication.failures.json"
+PIPELINE_FILE = "monitors/datadog/pipelines/workos-forwarder.json"
+GEOMAP = "widgets.1.definition.widgets.0.definition"
 
 
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
@@ -408,6 +479,44 @@ MISTAKES = [
     ),
     ("dashboard marker", OVERVIEW, _set("description", "mine"), "description", MANAGED_TAG),
     ("metric id", METRIC, _set("data.id", "workos.other"), "data.id", "file name"),
+    ("pipeline off", PIPELINE_FILE, _set("is_enabled", False), "is_enabled", "pipeline disabled otherwise"),
+    (
+        "processor off",
+        PIPELINE_FILE,
+        _set("processors.2.is_enabled", False),
+        "processors[2].is_enabled",
+        "disabled otherwise",
+    ),
+    (
+        "processor type",
+        PIPELINE_FILE,
+        _set("processors.2.type", "geoip-parser"),
+        "processors[2]",
+        "'geoip-parser' is not one of",
+    ),
+    (
+        "processor key",
+        PIPELINE_FILE,
+        _set("processors.3.encoded", False),
+        "processors[3].encoded",
+        "unknown key for LogsUserAgentParser",
+    ),
+    (
+        "pipeline not ours",
+        PIPELINE_FILE,
+        _set("filter.query", "source:workos"),
+        "filter.query",
+        "select this forwarder's logs",
+    ),
+    ("pipeline unmanaged", PIPELINE_FILE, _set("tags", ["source:workos"]), "tags", MANAGED_TAG),
+    ("pipeline server field", PIPELINE_FILE, _set("is_read_only", False), "is_read_only", "set by Datadog"),
+    (
+        "parser output typo",
+        OVERVIEW,
+        _set(f"{GEOMAP}.requests.0.queries.0.group_by.0.facet", "@network.client.geoip.country.iso"),
+        "@network.client.geoip.country.iso",
+        "geo-ip-parser writes no such attribute",
+    ),
     (
         "metric enum",
         METRIC,
@@ -468,9 +577,13 @@ def test_first_apply_creates_everything_and_the_second_changes_nothing(api: Data
     assert len(api.monitors) == len(assets_of("monitor"))
     assert len(api.dashboards) == len(assets_of("dashboard"))
     assert set(api.log_metrics) == {asset.name for asset in assets_of("log_metric")}
-    # the log metric exists before the monitor that alerts on it is created
+    # the pipeline comes first, and the log metric exists before the monitor that alerts on it
     paths = [r.path for r in api.writes]
+    assert paths[0] == "/api/v1/logs/config/pipelines"
     assert paths.index("/api/v2/logs/config/metrics") < paths.index("/api/v1/monitor")
+    (pipeline,) = api.pipelines.values()
+    assert pipeline["is_enabled"] and all(p["is_enabled"] for p in pipeline["processors"])
+    assert pipeline["filter"]["query"] == PIPELINE.document["filter"]["query"]
     spike = api.monitor_named("[WorkOS] Authentication failure spike")
     assert spike["query"] == json.loads((ROOT / SPIKE).read_text())["query"]
     assert MANAGED_TAG in spike["tags"]
@@ -541,6 +654,34 @@ def test_a_dashboard_edited_in_the_ui_is_restored(api: DatadogApi) -> None:
         ("+", '"title": "Authentication"'),
     ]
     assert api.dashboards[dashboard["id"]]["widgets"][0]["definition"]["title"] == "Authentication"
+
+
+def test_a_pipeline_edited_in_the_ui_is_replaced_by_the_file(api: DatadogApi) -> None:
+    assert apply().exit_code == 0
+    (pipeline,) = api.pipelines.values()
+    pipeline["processors"][2]["is_enabled"] = False  # someone switched GeoIP off
+    writes = len(api.writes)
+    result = apply()
+    assert result.exit_code == 0, result.output
+    assert f"pipeline {PIPELINE.name!r}: update (id {pipeline['id']})" in result.output
+    assert diff_lines(result.output) == [("-", '"is_enabled": false'), ("+", '"is_enabled": true')]
+    assert [(r.method, r.path) for r in api.writes[writes:]] == [
+        ("PUT", f"/api/v1/logs/config/pipelines/{pipeline['id']}")
+    ]
+    assert all(p["is_enabled"] for p in api.pipelines[pipeline["id"]]["processors"])
+    assert apply().output.count(": unchanged") == len(ASSETS)
+
+
+def test_pipelines_not_marked_as_ours_are_never_touched(api: DatadogApi) -> None:
+    integration = api.add_pipeline({**PIPELINE.document, "tags": []}, read_only=True)
+    by_hand = api.add_pipeline({**PIPELINE.document, "tags": ["team:security"], "is_enabled": False})
+    before = copy.deepcopy(api.pipelines)
+    result = apply()
+    assert result.exit_code == 0, result.output
+    assert api.pipelines[integration] == before[integration]
+    assert api.pipelines[by_hand] == before[by_hand]
+    ours = [p for p in api.pipelines.values() if MANAGED_TAG in p["tags"]]
+    assert len(ours) == 1 and ours[0]["is_enabled"]
 
 
 def test_monitors_without_the_managed_tag_are_never_touched(api: DatadogApi) -> None:

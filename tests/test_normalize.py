@@ -39,10 +39,12 @@ from tests.samples import (
     OTHER_EMAIL,
     OTHER_IP,
     OTHER_USER_ID,
-    SAMPLES as SHARED_SAMPLES,
     USER_AGENT,
     USER_ID,
     make_event,
+)
+from tests.samples import (
+    SAMPLES as SHARED_SAMPLES,
 )
 
 OPTIONS = NormalizeOptions()

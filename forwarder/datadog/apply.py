@@ -1,8 +1,8 @@
 """``datadog apply``: plan, diff and make Datadog match the asset files.
 
-Apply finds existing objects by name among those marked as ours (monitors by the tag
-``managed-by:workos-forwarder``; dashboards by that marker in their description, because
-Datadog only allows ``team:`` tags on dashboards; log-based metrics by their id), compares
+Apply finds existing objects by name among those marked as ours (logs pipelines and monitors
+by the tag ``managed-by:workos-forwarder``; dashboards by that marker in their description,
+because Datadog only allows ``team:`` tags on dashboards; log-based metrics by their id), compares
 only the fields the file sets (the server adds ids, timestamps, defaults), prints a diff and
 creates or updates. A second apply finds nothing to change.
 """
@@ -20,8 +20,10 @@ from datadog_api_client import ApiClient, Configuration
 from datadog_api_client.exceptions import ApiException
 from datadog_api_client.model_utils import OpenApiModel, model_to_dict
 from datadog_api_client.v1.api.dashboards_api import DashboardsApi
+from datadog_api_client.v1.api.logs_pipelines_api import LogsPipelinesApi
 from datadog_api_client.v1.api.monitors_api import MonitorsApi
 from datadog_api_client.v1.model.dashboard import Dashboard
+from datadog_api_client.v1.model.logs_pipeline import LogsPipeline
 from datadog_api_client.v1.model.monitor import Monitor
 from datadog_api_client.v1.model.monitor_update_request import MonitorUpdateRequest
 from datadog_api_client.v2.api.logs_metrics_api import LogsMetricsApi
@@ -41,8 +43,8 @@ def api_configuration(env: Mapping[str, str]) -> Configuration:
     if missing:
         raise ApplyError(
             f"{' and '.join(missing)} not set: apply needs an API key and an application key "
-            "(Datadog: Organization Settings > API Keys / Application Keys) with monitors, dashboards "
-            "and logs-metrics write access"
+            "(Datadog: Organization Settings > API Keys / Application Keys) with monitors, dashboards, "
+            "logs-metrics and logs-pipelines write access"
         )
     config = Configuration(enable_retry=True, max_retries=3)
     config.api_key["apiKeyAuth"] = env["DD_API_KEY"]
@@ -64,12 +66,17 @@ class Change:
 
 def plan(client: ApiClient, assets: list[Asset]) -> list[Change]:
     """What apply would do for each asset, by comparing it with what Datadog holds."""
+    remote_pipelines = _managed_pipelines(client)
     remote_monitors = _managed_monitors(client)
     remote_dashboards = _managed_dashboards(client)
     remote_metrics = _log_metrics(client)
     changes = []
-    for asset in sorted(assets, key=lambda a: ("log_metric", "monitor", "dashboard").index(a.kind)):
-        if asset.kind == "monitor":
+    # Pipelines first: they write the attributes the rest query.
+    order = ("pipeline", "log_metric", "monitor", "dashboard")
+    for asset in sorted(assets, key=lambda a: order.index(a.kind)):
+        if asset.kind == "pipeline":
+            changes.append(_compare(asset, remote_pipelines.get(asset.name), asset.document))
+        elif asset.kind == "monitor":
             changes.append(_compare(asset, remote_monitors.get(asset.name), asset.document))
         elif asset.kind == "dashboard":
             remote = remote_dashboards.get(asset.name)
@@ -83,12 +90,20 @@ def plan(client: ApiClient, assets: list[Asset]) -> list[Change]:
 
 def execute(client: ApiClient, changes: list[Change]) -> None:
     monitors, dashboards, metrics = MonitorsApi(client), DashboardsApi(client), LogsMetricsApi(client)
+    pipelines = LogsPipelinesApi(client)
     for change in changes:
         asset = change.asset
         label = f"{asset.kind} {asset.name!r} ({asset.path})"
         if change.action == "unchanged":
             continue
-        if asset.kind == "monitor":
+        if asset.kind == "pipeline":
+            body = _model(asset.document, LogsPipeline)
+            if change.action == "create":
+                _call(label, pipelines.create_logs_pipeline, body)
+            else:
+                # PUT replaces the whole pipeline, processors included: the file is all of it.
+                _call(label, pipelines.update_logs_pipeline, change.remote_id, body)
+        elif asset.kind == "monitor":
             body = _model(asset.document, Monitor)
             _call(label, monitors.validate_monitor, body)
             if change.action == "create":
@@ -117,6 +132,17 @@ def execute(client: ApiClient, changes: list[Change]) -> None:
                 }
             }
             _call(label, metrics.update_logs_metric, asset.name, _model(update, LogsMetricUpdateRequest))
+
+
+def _managed_pipelines(client: ApiClient) -> dict[str, dict[str, Any]]:
+    """Logs pipelines tagged as ours, by name (the API lists every pipeline in one answer)."""
+    found: dict[str, dict[str, Any]] = {}
+    listed = _call("logs pipeline list", LogsPipelinesApi(client).list_logs_pipelines)
+    for pipeline in listed.value:  # LogsPipelineList wraps the JSON array
+        remote = _to_json(pipeline)
+        if MANAGED_TAG in (remote.get("tags") or []):
+            _add_unique(found, str(remote.get("name")), remote, "logs pipelines")
+    return found
 
 
 def _managed_monitors(client: ApiClient) -> dict[str, dict[str, Any]]:

@@ -27,13 +27,15 @@ from datadog_api_client.model_utils import (
     validate_and_convert_types,
 )
 from datadog_api_client.v1.model.dashboard import Dashboard
+from datadog_api_client.v1.model.logs_pipeline import LogsPipeline
 from datadog_api_client.v1.model.monitor import Monitor
 from datadog_api_client.v2.model.logs_metric_create_request import LogsMetricCreateRequest
 
 MANAGED_TAG = "managed-by:workos-forwarder"
 
-Kind = Literal["monitor", "dashboard", "log_metric"]
+Kind = Literal["pipeline", "monitor", "dashboard", "log_metric"]
 MODELS: dict[str, type[OpenApiModel]] = {
+    "pipeline": LogsPipeline,
     "monitor": Monitor,
     "dashboard": Dashboard,
     "log_metric": LogsMetricCreateRequest,
@@ -60,8 +62,8 @@ class Asset:
 
     @property
     def name(self) -> str:
-        """What apply matches on: a monitor's name, a dashboard's title, a log metric's id."""
-        if self.kind == "monitor":
+        """What apply matches on: a pipeline's or monitor's name, a dashboard's title, a log metric's id."""
+        if self.kind in ("monitor", "pipeline"):
             return str(self.document.get("name", ""))
         if self.kind == "dashboard":
             return str(self.document.get("title", ""))
@@ -80,6 +82,8 @@ def default_root() -> Path:
 
 
 def asset_files(root: Path) -> Iterator[tuple[Kind, Path]]:
+    for path in sorted((root / "monitors" / "datadog" / "pipelines").glob("*.json")):
+        yield "pipeline", path
     for path in sorted((root / "monitors" / "datadog" / "log_metrics").glob("*.json")):
         yield "log_metric", path
     for path in sorted((root / "monitors" / "datadog").glob("*.json")):

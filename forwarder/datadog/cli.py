@@ -22,7 +22,7 @@ _ROOT_OPTION = click.option(
 
 @click.group(name="datadog")
 def datadog() -> None:
-    """Datadog monitors, dashboards and log-based metrics kept as code (monitors/, dashboards/)."""
+    """Datadog logs pipelines, monitors, dashboards and log-based metrics kept as code."""
 
 
 @datadog.command(name="validate")
@@ -42,7 +42,7 @@ def validate_command(root: Path | None) -> None:
 @_ROOT_OPTION
 @click.option("--dry-run", is_flag=True, help="Print what would change and change nothing.")
 def apply_command(root: Path | None, dry_run: bool) -> None:
-    """Create or update the monitors, dashboards and log-based metrics in Datadog.
+    """Create or update the logs pipelines, monitors, dashboards and log-based metrics in Datadog.
 
     Uses DD_API_KEY, DD_APP_KEY and DD_SITE (DD_API_URL overrides the API address). Objects
     are matched by name among those marked managed-by:workos-forwarder; a second apply

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from forwarder.datadog.assets import Asset
+from forwarder.datadog.pipelines import read_attributes
 
 OUR_LOGS = ("service:workos-events", "forwarder:workos-forwarder")
 """Every log query must name one of these terms, because WorkOS's own Datadog stream also says
@@ -340,6 +341,9 @@ def referenced_facets(asset: Asset) -> set[str]:
         for _, search in dashboard_log_searches(document):
             facets |= search_facets(search)
         facets |= {value[1:] for value in _values_of(document, ("facet", "field")) if value.startswith("@")}
+    elif asset.kind == "pipeline":
+        facets |= search_facets(str(document.get("filter", {}).get("query", "")))
+        facets |= read_attributes(document)
     else:
         attributes = document.get("data", {}).get("attributes", {})
         facets |= search_facets(attributes.get("filter", {}).get("query", ""))
@@ -355,6 +359,8 @@ def referenced_tag_keys(asset: Asset) -> set[str]:
         searches = [parsed.search] if parsed is not None and parsed.search is not None else []
     elif asset.kind == "dashboard":
         searches = [search for _, search in dashboard_log_searches(document)]
+    elif asset.kind == "pipeline":
+        searches = [str(document.get("filter", {}).get("query", ""))]
     else:
         searches = [document.get("data", {}).get("attributes", {}).get("filter", {}).get("query", "")]
     return {key for search in searches for key in search_tag_keys(search)}

@@ -1,9 +1,11 @@
-"""The rules a monitor, dashboard or log-based metric file must follow: ``datadog validate``.
+"""The rules a pipeline, monitor, dashboard or log-based metric file must follow: ``datadog validate``.
 
 Each file must parse as its datadog-api-client model (see ``assets``), carry the marker apply
 finds it by, and query this forwarder's logs. Log queries are parsed, and a monitor's critical
 threshold must equal the number in its query (Datadog rejects the monitor otherwise, but only
-online).
+online). A pipeline and each of its processors must be enabled explicitly (Datadog's default
+is disabled), and a facet that monitors and dashboards use under a parser's target must be one
+the parser writes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from forwarder.datadog.assets import MANAGED_TAG, MODELS, Asset, Problem, check_model, load_assets
+from forwarder.datadog.pipelines import parser_targets, processors, written_attributes
 from forwarder.datadog.queries import (
     FACET,
     METRIC_REFERENCE,
@@ -21,6 +24,7 @@ from forwarder.datadog.queries import (
     check_log_search,
     dashboard_log_searches,
     parse_monitor_query,
+    referenced_facets,
     selects_our_logs,
     unbalanced,
     walk_metric_queries,
@@ -42,6 +46,58 @@ def validate_assets(assets: list[Asset]) -> list[Problem]:
                 Problem(asset.path, "", f"same {asset.kind} name as {seen[key]}: apply matches by name")
             )
         seen.setdefault(key, asset.path)
+    return problems + _parser_outputs_used(assets)
+
+
+def _check_pipeline(asset: Asset) -> list[Problem]:
+    document, path = asset.document, asset.path
+    problems = _server_fields(asset)
+    if not isinstance(document.get("name"), str) or not document["name"].strip():
+        problems.append(
+            Problem(path, "name", "required, a non-empty string: apply matches pipelines by name")
+        )
+    if MANAGED_TAG not in (document.get("tags") or []):
+        problems.append(
+            Problem(path, "tags", f"must include {MANAGED_TAG!r}: apply finds its pipelines by it")
+        )
+    search = str((document.get("filter") or {}).get("query", ""))
+    problems.extend(Problem(path, "filter.query", problem) for problem in check_log_search(search))
+    if not selects_our_logs(search):
+        problems.append(Problem(path, "filter.query", _NOT_OURS))
+    if document.get("is_enabled") is not True:
+        problems.append(
+            Problem(path, "is_enabled", "set true: Datadog creates a pipeline disabled otherwise")
+        )
+    for location, processor in processors(document):
+        if processor.get("is_enabled") is not True:
+            problems.append(
+                Problem(
+                    path,
+                    f"{location}.is_enabled",
+                    "set true: Datadog creates a processor disabled otherwise",
+                )
+            )
+    return problems
+
+
+def _parser_outputs_used(assets: list[Asset]) -> list[Problem]:
+    """A facet under a GeoIP or user-agent parser's target must be one that parser writes."""
+    targets: dict[str, str] = {}
+    written: set[str] = set()
+    for asset in assets:
+        if asset.kind == "pipeline":
+            targets |= parser_targets(asset.document)
+            written |= written_attributes(asset.document)
+    problems = []
+    for asset in assets:
+        if asset.kind == "pipeline":
+            continue
+        for facet in sorted(referenced_facets(asset)):
+            parser = next((kind for target, kind in targets.items() if facet.startswith(f"{target}.")), None)
+            if parser is not None and facet not in written:
+                problems.append(
+                    Problem(asset.path, f"@{facet}", f"the pipeline's {parser} writes no such attribute")
+                )
     return problems
 
 
@@ -154,7 +210,12 @@ def _check_log_metric(asset: Asset) -> list[Problem]:
     return problems
 
 
-_CHECKS = {"monitor": _check_monitor, "dashboard": _check_dashboard, "log_metric": _check_log_metric}
+_CHECKS = {
+    "pipeline": _check_pipeline,
+    "monitor": _check_monitor,
+    "dashboard": _check_dashboard,
+    "log_metric": _check_log_metric,
+}
 
 
 def _server_fields(asset: Asset) -> list[Problem]:

@@ -52,6 +52,9 @@ class IntakeRequest:
     wire_bytes: int
     content_encoding: str
     at: float
+    origin: str
+    """``DD-EVP-ORIGIN`` and ``DD-EVP-ORIGIN-VERSION`` as sent, empty when missing."""
+    origin_version: str
 
 
 @dataclass
@@ -110,7 +113,16 @@ class DatadogIntake(LoopbackServer):
         answer, raw, entries = self._judge(request, wire, encoding)
         with self._lock:
             self._requests.append(
-                IntakeRequest(answer.status, entries, len(raw), len(wire), encoding, time.time())
+                IntakeRequest(
+                    answer.status,
+                    entries,
+                    len(raw),
+                    len(wire),
+                    encoding,
+                    time.time(),
+                    request.headers.get("dd-evp-origin", ""),
+                    request.headers.get("dd-evp-origin-version", ""),
+                )
             )
         return Response(answer.body, answer.status, answer.headers, media_type="application/json")
 
