@@ -206,8 +206,14 @@ def _data(event_type: str, rng: random.Random, now: float) -> tuple[dict[str, An
     return {"object": "thing", "id": _ulid(rng, "thing"), "organization_id": org_id, "note": "new"}, context
 
 
-def events(count: int, *, seed: int = 1, now: float | None = None) -> Iterator[dict[str, Any]]:
-    """``count`` WorkOS events with unique ids, types drawn from ``MIX``."""
+def events(
+    count: int, *, seed: int = 1, now: float | None = None, spacing_s: float | None = None
+) -> Iterator[dict[str, Any]]:
+    """``count`` WorkOS events with unique ids, types drawn from ``MIX``.
+
+    Created within the second before ``now`` in no order (webhooks), or with ``spacing_s``
+    oldest first, ``spacing_s`` apart up to ``now`` (an Events API list, ids in the same order).
+    """
     rng = random.Random(seed)
     now = time.time() if now is None else now
     types = [event_type for event_type, _ in MIX]
@@ -222,7 +228,9 @@ def events(count: int, *, seed: int = 1, now: float | None = None) -> Iterator[d
             "id": f"event_01J{run}{index:017d}",
             "event": event_type,
             "data": data,
-            "created_at": _iso(now - rng.random()),
+            "created_at": _iso(
+                now - rng.random() if spacing_s is None else now - (count - index) * spacing_s
+            ),
         }
         if context:
             event["context"] = context

@@ -26,18 +26,10 @@ import tempfile
 from pathlib import Path
 
 from bench.events import write_requests
-from bench.run import (
-    ROOT,
-    SECRET,
-    SERVICE_CORE,
-    WEBHOOK_PATH,
-    Intake,
-    Server,
-    free_port,
-    loadgen,
-    log,
-    service_env,
-)
+from bench.harness.load import loadgen
+from bench.harness.loopback import Intake
+from bench.harness.processes import ROOT, SERVICE_CORE, Server, free_port, log
+from bench.harness.service import SECRET, SERVE_ARGV, WEBHOOK_PATH, floor_argv, service_env
 
 RATE = 200.0
 """Requests/s: more than either app serves under callgrind (about 50 times slower)."""
@@ -50,9 +42,9 @@ def instructions(app: str, count: int, requests: Path, workdir: Path) -> int:
     port = free_port()
     run = f"{app}-{count}"
     if app == "floor":
-        argv, env, health = [sys.executable, "-m", "bench.floor", str(port)], dict(os.environ), None
+        argv, env, health = floor_argv(port), dict(os.environ), None
     else:
-        argv = [sys.executable, "-m", "forwarder.cli", "serve"]
+        argv = SERVE_ARGV
         env = {**service_env(workdir / run, port), "PROMETHEUS_SINK": "off"}
         health = "/healthz"
     server = Server(run, [*VALGRIND, *argv], env, workdir / run, port, startup_timeout_s=300).start(health)
