@@ -167,8 +167,8 @@ async def test_retry_after_is_honoured_up_to_the_cap(journal: Journal) -> None:
         await wait_until(lambda: len(sink.delivered) == 1, "the record delivered", timeout_s=3)
 
     asked, capped = gaps(sink)
-    assert asked >= 0.2
-    assert 0.3 <= capped < 1.5  # a day was asked for; the cap (0.3 s) applies
+    assert asked >= 0.19  # timers may fire a hair early
+    assert 0.29 <= capped < 1.5  # a day was asked for; the cap (0.3 s) applies
 
 
 async def test_an_unhealthy_error_marks_the_sink_unhealthy_until_a_send_succeeds(journal: Journal) -> None:
@@ -256,7 +256,7 @@ async def test_a_send_that_hangs_is_abandoned_at_its_timeout_and_retried(journal
         await wait_until(lambda: len(sink.delivered) == 2, "the batch delivered")
 
     assert sink.abandoned == 1
-    assert gaps(sink)[0] >= 0.2
+    assert gaps(sink)[0] >= 0.19
     assert loop.status.last_error == "scripted: send did not finish within 0.2 s"
     assert sink.delivered == ids(2)  # once: the abandoned send delivered nothing
 
@@ -334,8 +334,10 @@ async def test_a_replica_that_loses_its_lease_stands_by_and_the_other_takes_over
 
             terminate_lease_session(schema, "scripted")
             other = None
-            while other is None:  # the lock is free once the server has ended the session
+            deadline = time.monotonic() + 5
+            while other is None and time.monotonic() < deadline:  # free once the session has ended
                 other = second_journal.claim("scripted")
+            assert other is not None, "the lease was not freed by ending its session"
             await first_journal.append(records(5, start=5))
             await wait_until(lambda: first.status.role == "standby", "the first replica standing by")
 
