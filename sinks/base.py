@@ -30,31 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, runtime_checkable
 
+from forwarder.records import Record  # re-exported: what ``send`` receives
+
 T = TypeVar("T")
-
-
-class Record(Protocol):
-    """One journaled event, as a sink receives it.
-
-    ``json`` is the normalized record (README, "The record") exactly as it was stored;
-    ``orjson.loads(record.json)`` gives the dict. Sinks that can work from the bytes or the
-    columns do not decode: decoding a record costs more than everything else a simple sink
-    does (the Datadog sink posts the stored bytes, the Prometheus sink counts by type).
-    """
-
-    @property
-    def event_id(self) -> str: ...
-
-    @property
-    def event_type(self) -> str: ...
-
-    @property
-    def time(self) -> float:
-        """Epoch seconds of the record's ``date``: the event's ``created_at``, or when it arrived."""
-        ...
-
-    @property
-    def json(self) -> bytes: ...
 
 
 class SinkError(Exception):

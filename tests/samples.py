@@ -24,8 +24,8 @@ from typing import Any
 
 import orjson
 
-from forwarder.journal import Entry, NewRecord
 from forwarder.normalize import event_time
+from forwarder.records import Entry, NewRecord
 
 MISSING: Any = object()
 """Override value meaning "leave this key out of the event"."""

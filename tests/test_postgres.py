@@ -17,7 +17,7 @@ from forwarder.journal import Journal
 from tests.postgres import SERVER, journal_schema_or_skip
 from tests.samples import make_event
 from tests.service import Service, wait_for
-from tests.test_journal import check_batch_outcomes
+from tests.unit.test_journal import check_batch_outcomes
 
 StartService = Callable[..., Service]
 

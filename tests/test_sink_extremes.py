@@ -30,8 +30,9 @@ from opentelemetry.sdk._logs import ReadableLogRecord
 
 from forwarder import metrics
 from forwarder.delivery import DeliveryLoop
-from forwarder.journal import Entry, Journal
+from forwarder.journal import Journal
 from forwarder.normalize import NormalizeOptions, normalize
+from forwarder.records import Entry
 from sinks import datadog, jsonl, otlp, prometheus
 from sinks.base import PermanentError
 from tests.doubles import eventually
