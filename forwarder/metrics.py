@@ -104,6 +104,11 @@ RECONCILED_EVENTS = Counter(
     ["path"],
     registry=REGISTRY,
 )
+UNCATALOGUED_EVENTS = Counter(
+    "workos_forwarder_uncatalogued_events",
+    "Events whose type is not in this release's catalog (each new type is logged once, by name).",
+    registry=REGISTRY,
+)
 ARRIVAL_DELAY = LoopHistogram(
     "workos_event_arrival_delay_seconds",
     "Time between an event's creation at WorkOS and its first arrival here, by path.",

@@ -27,6 +27,7 @@ the journal keeps the batch. Retrying and sleeping are the loop's job, never thi
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -58,6 +59,10 @@ SITES = (
     "ddog-gov.com",
     "us2.ddog-gov.com",
 )
+ORIGIN = "workos-forwarder"
+"""``DD-EVP-ORIGIN``: Datadog's own shippers name themselves on every intake request."""
+ORIGIN_VERSION = importlib.metadata.version("workos-forwarder")
+"""``DD-EVP-ORIGIN-VERSION``: the installed package's version."""
 MAX_ENTRIES = 1000
 MAX_REQUEST_BYTES = 4_250_000
 MAX_LOG_BYTES = 1_000_000
@@ -137,6 +142,8 @@ class DatadogSink:
             "DD-API-KEY": api_key,
             "Content-Type": "application/json",
             "User-Agent": "workos-forwarder",
+            "DD-EVP-ORIGIN": ORIGIN,
+            "DD-EVP-ORIGIN-VERSION": ORIGIN_VERSION,
         }
         if compression_level:
             headers["Content-Encoding"] = "gzip"

@@ -7,6 +7,7 @@ the real delivery loop over a real SQLite journal, where retries and health are 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -146,6 +147,18 @@ async def test_ten_thousand_events_all_arrive_once(intake: DatadogIntake, sink: 
     assert sum(request.wire_bytes for request in requests) < sum(
         request.uncompressed_bytes for request in requests
     )
+
+
+async def test_every_request_names_its_origin_as_datadog_s_shippers_do(
+    intake: DatadogIntake, sink: datadog.DatadogSink
+) -> None:
+    intake.fail_next(500)  # a retried request carries them too
+    await send_until_delivered(sink, [record()])
+    await sink.send(stored([record(), record()]))
+    version = importlib.metadata.version("workos-forwarder")
+    requests = intake.requests()
+    assert len(requests) == 3
+    assert {(r.origin, r.origin_version) for r in requests} == {("workos-forwarder", version)}
 
 
 async def test_a_batch_over_the_request_size_limit_is_posted_in_several_requests(

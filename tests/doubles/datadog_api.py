@@ -1,11 +1,13 @@
 """The part of Datadog's API that ``workos-forwarder datadog apply`` uses, on loopback.
 
 Monitors (list with ``monitor_tags``, paging, create, update, validate), dashboards (list,
-get, create, update) and log-based metrics (list, get, create, update). Like the real
+get, create, update), log-based metrics (list, get, create, update) and logs pipelines (list,
+get, create, replace; read-only integration pipelines refuse changes). Like the real
 service it answers 403 without both keys, fills in what the server owns (ids, timestamps,
 creator, state, widget ids, option defaults, thresholds as floats) so apply has to strip
 and ignore them, rejects a monitor whose critical threshold differs from its query, and
-refuses to change the compute of an existing log-based metric. ``requests`` records every
+refuses to change the compute of an existing log-based metric. Pipelines and processors are
+stored disabled unless ``is_enabled`` is sent, as Datadog does. ``requests`` records every
 call so tests can assert that a second apply writes nothing.
 """
 
@@ -45,11 +47,13 @@ class DatadogApi(LoopbackServer):
         self.monitors: dict[int, dict[str, Any]] = {}
         self.dashboards: dict[str, dict[str, Any]] = {}
         self.log_metrics: dict[str, dict[str, Any]] = {}
+        self.pipelines: dict[str, dict[str, Any]] = {}
         self.requests: list[ApiRequest] = []
         self._lock = threading.Lock()
         self._ids = itertools.count(1001)
         app = Starlette(
             routes=[
+                Route("/api/v1/validate", self._validate_key, methods=["GET"]),
                 Route("/api/v1/monitor", self._monitors, methods=["GET", "POST"]),
                 Route("/api/v1/monitor/validate", self._validate_monitor, methods=["POST"]),
                 Route("/api/v1/monitor/{monitor_id:int}", self._monitor, methods=["GET", "PUT"]),
@@ -57,6 +61,8 @@ class DatadogApi(LoopbackServer):
                 Route("/api/v1/dashboard/{dashboard_id}", self._dashboard, methods=["GET", "PUT"]),
                 Route("/api/v2/logs/config/metrics", self._log_metrics, methods=["GET", "POST"]),
                 Route("/api/v2/logs/config/metrics/{metric_id}", self._log_metric, methods=["GET", "PATCH"]),
+                Route("/api/v1/logs/config/pipelines", self._pipelines, methods=["GET", "POST"]),
+                Route("/api/v1/logs/config/pipelines/{pipeline_id}", self._pipeline, methods=["GET", "PUT"]),
             ]
         )
         super().__init__(app)
@@ -76,6 +82,19 @@ class DatadogApi(LoopbackServer):
         matches = [m for m in self.monitors.values() if m["name"] == name]
         assert len(matches) == 1, f"{len(matches)} monitors named {name!r}"
         return matches[0]
+
+    # --- key validation (``doctor``): needs the API key only, as Datadog's does ---
+
+    async def _validate_key(self, request: Request) -> Response:
+        self.requests.append(ApiRequest(request.method, request.url.path, dict(request.query_params), None))
+        if request.headers.get("dd-api-key") != API_KEY:
+            return _json({"errors": ["Forbidden"]}, 403)
+        return _json({"valid": True})
+
+    def add_pipeline(self, pipeline: dict[str, Any], *, read_only: bool = False) -> str:
+        """Store a pipeline as if made elsewhere: by hand, or an integration's (``read_only``)."""
+        with self._lock:
+            return self._store_pipeline(copy.deepcopy(pipeline), None, read_only=read_only)["id"]
 
     # --- monitors ---
 
@@ -216,6 +235,55 @@ class DatadogApi(LoopbackServer):
             current.update({key: value for key, value in attributes.items() if key != "compute"})
             return _json({"data": self.log_metrics[metric_id]})
 
+    # --- logs pipelines ---
+
+    async def _pipelines(self, request: Request) -> Response:
+        body = await self._begin(request)
+        if isinstance(body, Response):
+            return body
+        if request.method == "GET":
+            return _json(list(self.pipelines.values()))  # every pipeline, in processing order
+        problem = _pipeline_problem(body)
+        if problem:
+            return _json({"errors": [problem]}, 400)
+        with self._lock:
+            return _json(self._store_pipeline(body, None, read_only=False))
+
+    async def _pipeline(self, request: Request) -> Response:
+        body = await self._begin(request)
+        if isinstance(body, Response):
+            return body
+        pipeline_id = request.path_params["pipeline_id"]
+        if pipeline_id not in self.pipelines:
+            return _json({"errors": ["Pipeline not found"]}, 404)
+        if request.method == "GET":
+            return _json(self.pipelines[pipeline_id])
+        if self.pipelines[pipeline_id]["is_read_only"]:
+            return _json({"errors": ["Integration pipelines cannot be modified"]}, 400)
+        problem = _pipeline_problem(body)
+        if problem:
+            return _json({"errors": [problem]}, 400)
+        with self._lock:
+            return _json(self._store_pipeline(body, pipeline_id, read_only=False))
+
+    def _store_pipeline(
+        self, body: dict[str, Any], pipeline_id: str | None, *, read_only: bool
+    ) -> dict[str, Any]:
+        """PUT replaces the whole pipeline; what is not sent takes Datadog's defaults again."""
+        pipeline_id = pipeline_id or f"pl{next(self._ids)}AbCdEf"
+        pipeline = {
+            "is_enabled": False,
+            "filter": {"query": ""},
+            "tags": [],
+            **{key: value for key, value in body.items() if key not in ("id", "type", "is_read_only")},
+            "id": pipeline_id,
+            "type": "pipeline",
+            "is_read_only": read_only,
+            "processors": [_server_processor(p) for p in body.get("processors", [])],
+        }
+        self.pipelines[pipeline_id] = pipeline
+        return pipeline
+
     # --- plumbing ---
 
     async def _begin(self, request: Request) -> Any:
@@ -242,6 +310,39 @@ def _monitor_problem(monitor: dict[str, Any]) -> str | None:
     if match and critical is not None and float(match.group(1)) != float(critical):
         return f"Alert threshold ({critical}) does not match that used in the query ({match.group(1)})."
     return None
+
+
+_PROCESSOR_TYPES = {
+    "arithmetic-processor", "attribute-remapper", "category-processor", "date-remapper",
+    "geo-ip-parser", "grok-parser", "lookup-processor", "message-remapper", "pipeline",
+    "service-remapper", "status-remapper", "string-builder-processor", "trace-id-remapper",
+    "url-parser", "user-agent-parser",
+}  # fmt: skip
+_NEEDS_TARGET = {"geo-ip-parser", "user-agent-parser", "attribute-remapper", "url-parser"}
+
+
+def _pipeline_problem(pipeline: dict[str, Any]) -> str | None:
+    if not pipeline.get("name"):
+        return "The parameter 'name' is required"
+    for processor in pipeline.get("processors", []):
+        kind = processor.get("type")
+        if kind not in _PROCESSOR_TYPES:
+            return f"Unknown processor type: {kind}"
+        if kind in _NEEDS_TARGET and not (processor.get("sources") and processor.get("target")):
+            return f"{kind}: 'sources' and 'target' are required"
+        if kind == "pipeline" and (problem := _pipeline_problem({"name": "nested", **processor})):
+            return problem
+    return None
+
+
+def _server_processor(processor: dict[str, Any]) -> dict[str, Any]:
+    """What Datadog answers for a processor: disabled unless said otherwise, parser defaults filled."""
+    filled = {"is_enabled": False, "name": "", **processor}
+    if processor.get("type") == "user-agent-parser":
+        filled.setdefault("is_encoded", False)
+    if processor.get("type") == "pipeline":
+        filled["processors"] = [_server_processor(p) for p in processor.get("processors", [])]
+    return filled
 
 
 def _monitor_options(options: dict[str, Any]) -> dict[str, Any]:
