@@ -4,6 +4,12 @@ Read the raw body (capped, with a deadline), verify the signature over those exa
 parse, normalize and commit. The answer is 200 only once the event is in the journal; every
 other outcome has its own status and a short JSON reason, and changes nothing.
 
+Two answers exist for ``workos-forwarder doctor`` (docs/troubleshooting.md): a verified event
+of the reserved type ``forwarder.doctor`` is answered 200 ``{"status":"doctor"}`` and never
+stored or counted; a ``bad_signature`` answer carries ``received_sha256``, a prefix of the
+SHA-256 of the body as received, so the sender can tell a modified body from a wrong secret
+(it is a digest of the sender's own bytes: it tells nothing about the secret).
+
 This is the hot path of the product, so it is a plain ASGI callable: no request object,
 no middleware, one JSON encode for the record and one for the answer.
 """
@@ -11,6 +17,7 @@ no middleware, one JSON encode for the record and one for the answer.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -33,12 +40,20 @@ logger = logging.getLogger("forwarder.webhook")
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
+DOCTOR_EVENT_TYPE = "forwarder.doctor"
+"""Reserved: verified, answered 200 and dropped (the ``doctor`` public-path probe)."""
+BODY_DIGEST_CHARS = 16
+_DOCTOR_ANSWER = b'{"status":"doctor","detail":"verified; forwarder.doctor events are never stored"}'
+
 
 class _Rejected(Exception):
-    def __init__(self, status: int, result: str, detail: str | None = None) -> None:
+    def __init__(
+        self, status: int, result: str, detail: str | None = None, received_sha256: str | None = None
+    ) -> None:
         self.status = status
         self.result = result
         self.detail = detail
+        self.received_sha256 = received_sha256
 
 
 class _BodyDeadlines:
@@ -122,7 +137,10 @@ class WebhookEndpoint:
             status, body, extra_headers = await self._handle(headers, receive, scope)
         except _Rejected as rejection:
             status, extra_headers = rejection.status, []
-            body = orjson.dumps({"error": rejection.result, "detail": rejection.detail})
+            answer = {"error": rejection.result, "detail": rejection.detail}
+            if rejection.received_sha256 is not None:
+                answer["received_sha256"] = rejection.received_sha256
+            body = orjson.dumps(answer)
             self._results[rejection.result].inc()
         # A declared length spares uvicorn (and the sender) chunked encoding.
         response_headers = [*_JSON_HEADERS, (b"content-length", b"%d" % len(body)), *extra_headers]
@@ -147,11 +165,17 @@ class WebhookEndpoint:
                 skew_ms=exc.skew_ms,
                 client=client[0] if client else None,
             )
-            raise _Rejected(401, exc.reason, exc.detail) from None
+            digest = None
+            if exc.reason == "bad_signature":
+                digest = hashlib.sha256(raw).hexdigest()[:BODY_DIGEST_CHARS]
+            raise _Rejected(401, exc.reason, exc.detail, digest) from None
         # Everything that could fail the commit (control characters in the id, a record too deep
         # to encode) is refused here, alone, before the event joins a group commit with others.
         try:
-            record = journal_record(orjson.loads(raw), self._options, delivery="webhook")
+            event = orjson.loads(raw)
+            if type(event) is dict and event.get("event") == DOCTOR_EVENT_TYPE:
+                return 200, _DOCTOR_ANSWER, []
+            record = journal_record(event, self._options, delivery="webhook")
         except (orjson.JSONDecodeError, InvalidEvent) as exc:
             detail = body_error(exc) if isinstance(exc, orjson.JSONDecodeError) else str(exc)
             self._warn.warning("bad_request", "verified webhook is not an event", detail=detail)

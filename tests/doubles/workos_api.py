@@ -12,6 +12,11 @@ in time, as WorkOS lists in desc order do), ``page_delay_s`` slows every answer,
 ``rate_limit(n, retry_after)`` answers the next n requests 429 with ``Retry-After``,
 ``fail_next(status)`` queues other failures, and ``add`` publishes events between polls.
 Every request is recorded (params, answer, time) for assertions.
+
+For ``doctor``: ``GET /connections`` and ``GET /directories`` list ``connections`` and
+``directories`` (``limit`` honoured, same key check), and every answer carries this double's
+own ``Date`` header, ``clock_offset_s`` away from the real time (a WorkOS whose clock differs
+from this host's).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import formatdate
 from typing import Any
 
 import orjson
@@ -108,7 +114,15 @@ class WorkOSEventsAPI:
         self._listings: dict[tuple[Any, ...], tuple[list[dict[str, Any]], list[tuple[float, str]]]] = {}
         self._failures: list[tuple[int, dict[str, str]]] = []
         self._lock = threading.Lock()
-        self._server = LoopbackServer(Starlette(routes=[Route("/events", self._list, methods=["GET"])]))
+        self.connections: list[dict[str, Any]] = []
+        self.directories: list[dict[str, Any]] = []
+        self.clock_offset_s = 0.0
+        routes = [
+            Route("/events", self._list, methods=["GET"]),
+            Route("/connections", self._resources, methods=["GET"]),
+            Route("/directories", self._resources, methods=["GET"]),
+        ]
+        self._server = LoopbackServer(Starlette(routes=routes))
 
     @property
     def url(self) -> str:
@@ -116,6 +130,12 @@ class WorkOSEventsAPI:
 
     def start(self) -> WorkOSEventsAPI:
         self._server.start()
+        # Answers carry this double's own Date (see ``clock_offset_s``); uvicorn's would be a
+        # second one, so it is turned off (the server re-reads the flag every second).
+        server = self._server._server
+        assert server is not None
+        server.config.date_header = False
+        server.server_state.default_headers = list(server.config.encoded_headers)
         return self
 
     def stop(self) -> None:
@@ -148,7 +168,20 @@ class WorkOSEventsAPI:
             await asyncio.sleep(self.page_delay_s)
         status, headers, body, returned = self._answer(request, params)
         self.requests.append(ApiRequest(params, status, returned, time.time()))
-        return Response(orjson.dumps(body), status, headers, media_type="application/json")
+        return Response(orjson.dumps(body), status, self._dated(headers), media_type="application/json")
+
+    async def _resources(self, request: Request) -> Response:
+        """``GET /connections`` or ``/directories``: a list page of at most ``limit`` items."""
+        if request.headers.get("authorization") != f"Bearer {self.api_key}":
+            body: dict[str, Any] = {"message": "Unauthorized", "code": "unauthorized"}
+            return Response(orjson.dumps(body), 401, self._dated({}), media_type="application/json")
+        items = self.connections if request.url.path == "/connections" else self.directories
+        limit = int(request.query_params.get("limit", "10"))
+        body = {"object": "list", "data": items[:limit], "list_metadata": {"before": None, "after": None}}
+        return Response(orjson.dumps(body), 200, self._dated({}), media_type="application/json")
+
+    def _dated(self, headers: dict[str, str]) -> dict[str, str]:
+        return {**headers, "date": formatdate(time.time() + self.clock_offset_s, usegmt=True)}
 
     def _answer(
         self, request: Request, params: dict[str, str]
