@@ -16,6 +16,7 @@ import click
 from forwarder.backfill import backfill
 from forwarder.config import ConfigError, Settings, load_environment
 from forwarder.datadog.cli import datadog
+from forwarder.doctor.command import doctor
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,14 +43,34 @@ def main() -> None:
 
 
 @main.command()
+@click.option(
+    "--check-config",
+    is_flag=True,
+    help="Only parse the settings and build the sinks, print OK and exit (2 on an error).",
+)
 @exits_on_config_error
-def serve() -> None:
+def serve(check_config: bool) -> None:
     """Run the sidecar: webhook endpoint, delivery loops, /metrics, /healthz, /readyz, /status."""
     from forwarder import logs
     from forwarder.service import serve as run
 
     env = load_environment()
     settings = Settings.from_env(env)
+    if check_config:
+        # For systemd's ExecStartPre and CI: the same checks `serve` makes before it binds,
+        # short of opening the journal, so a bad variable is caught before a restart loop.
+        from sinks import load_sinks
+
+        sinks = load_sinks(env)
+
+        async def close_all() -> None:
+            for sink in sinks:
+                await sink.close()
+
+        asyncio.run(close_all())
+        names = ", ".join(sink.name for sink in sinks) or "none"
+        click.echo(f"workos-forwarder: configuration OK (sinks: {names})")
+        return
     logs.configure(settings.log_level)
     run(settings, env)
 
@@ -134,6 +155,7 @@ def dlq_replay(sink: str | None, event_id: str | None) -> None:
 
 main.add_command(backfill)
 main.add_command(datadog)
+main.add_command(doctor)
 
 if __name__ == "__main__":
     main()

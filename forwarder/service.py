@@ -76,6 +76,9 @@ class Forwarder:
         self.sources = load_sources(env, self.journal, settings.normalize)
         self.ready_requires_sinks = switch(env, "FORWARDER_READY_REQUIRES_SINKS", False)
         self.prune_interval_s = duration(env, "FORWARDER_PRUNE_INTERVAL", "60s")
+        self.drain_delay_s = duration(env, "FORWARDER_DRAIN_DELAY", "0s")
+        self.draining = False
+        """Set on the first SIGTERM (or ``stop``): /readyz fails from then on, /healthz does not."""
         try:
             self._failpoints = failpoints.parse(env.get("FORWARDER_FAILPOINTS", ""))
         except ValueError as exc:
@@ -138,6 +141,7 @@ class Forwarder:
 
     async def stop(self) -> None:
         """Stop sources, let sinks drain for a bounded time, then close everything."""
+        self.draining = True
         for task in self._source_tasks:
             task.cancel()
         await asyncio.gather(*self._source_tasks, return_exceptions=True)
@@ -251,6 +255,8 @@ class Forwarder:
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         problems: list[str] = []
+        if self.draining:
+            problems.append("draining: shutting down; send traffic elsewhere")
         if not self.journal.writer_alive:
             problems.append("journal: the writer thread is not running")
         problems.extend(f"task {task.name}: {task.stopped}" for task in self.tasks if task.stopped)
@@ -387,4 +393,38 @@ def serve(settings: Settings, env: Mapping[str, str]) -> None:
     # decoded batch) pile up: RSS grew 0.3 MB/s while a sink was down.
     gc.set_threshold(10_000, 10, 10)
     gc.freeze()
-    uvicorn.Server(config).run()
+    DrainingServer(config, app.app.state.forwarder).run()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with readiness failing from the first SIGTERM and an optional drain delay.
+
+    With ``FORWARDER_DRAIN_DELAY`` above zero the port stays open that long after SIGTERM,
+    answering webhooks while /readyz says 503, so a load balancer or Kubernetes Service takes
+    the instance out of rotation before connections are refused. A second signal ends the
+    wait. Nothing is logged from the signal handler itself (logging is not reentrant there).
+    """
+
+    def __init__(self, config: uvicorn.Config, forwarder: Forwarder) -> None:
+        super().__init__(config)
+        self._forwarder = forwarder
+        self._delayed: tuple[int, float] | None = None  # (signal, when to act on it)
+        self._announced = False
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self._forwarder.draining = True
+        if self._delayed is None and self._forwarder.drain_delay_s > 0:
+            self._delayed = (sig, time.monotonic() + self._forwarder.drain_delay_s)
+            return
+        self._delayed = None
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._delayed is not None:
+            sig, stop_at = self._delayed
+            if not self._announced:
+                self._announced = True
+                logger.info("draining: /readyz answers 503", extra={"delay_s": self._forwarder.drain_delay_s})
+            if time.monotonic() >= stop_at:
+                super().handle_exit(sig, None)  # uvicorn's own shutdown, as without a delay
+        return await super().on_tick(counter)
