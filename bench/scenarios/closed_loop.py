@@ -22,6 +22,7 @@ from bench.harness.processes import ProcessStats, log
 from bench.harness.service import WEBHOOK_PATH, accepted, commit_note, commits
 from bench.harness.session import Session
 from bench.report import Row
+from forwarder.masking import scrub
 
 
 def throughput(session: Session) -> Row:
@@ -45,7 +46,8 @@ def postgres(session: Session) -> Row | None:
         try:
             url = stack.enter_context(scratch_schema(server, f"workos_bench_{os.getpid()}"))
         except psycopg.OperationalError as exc:
-            log(f"postgres: skipped, PostgreSQL is not reachable at {server}: {exc}")
+            # The URL may hold a password, and libpq may quote it in its error.
+            log(scrub(f"postgres: skipped, PostgreSQL is not reachable at {server}: {exc}", server))
             return None
         return _closed_loop(
             session,
