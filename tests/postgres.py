@@ -6,26 +6,11 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterator
-from urllib.parse import quote
 
 import psycopg
 import pytest
 
-
-@contextlib.contextmanager
-def scratch_schema(server: str, name: str) -> Iterator[str]:
-    """Create schema ``name`` on ``server`` and yield a journal URL that works inside it.
-
-    Raises ``psycopg.OperationalError`` when the server cannot be reached (after 3 s).
-    """
-    with psycopg.connect(server, autocommit=True, connect_timeout=3) as admin:
-        admin.execute(f"CREATE SCHEMA {name}")
-    try:
-        yield f"{server}?options={quote(f'-csearch_path={name}')}"
-    finally:
-        with psycopg.connect(server, autocommit=True) as admin:
-            admin.execute(f"DROP SCHEMA {name} CASCADE")
-
+from bench.harness.postgres import scratch_schema
 
 SERVER = os.environ.get("FORWARDER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
