@@ -1,6 +1,6 @@
 """Turn one WorkOS event into the normalized record every sink consumes.
 
-The record (README, "The normalized record") puts the facts a log platform indexes
+The record (docs/record.md) puts the facts a log platform indexes
 (status, user, client IP, user agent, error) in Datadog's standard attributes, and keeps
 the original ``data`` and ``context`` untouched under ``workos`` so nothing is lost.
 

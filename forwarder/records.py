@@ -13,7 +13,7 @@ from typing import Protocol
 class Record(Protocol):
     """One journaled event, as a sink receives it.
 
-    ``json`` is the normalized record (README, "The record") exactly as it was stored;
+    ``json`` is the normalized record (docs/record.md) exactly as it was stored;
     ``orjson.loads(record.json)`` gives the dict. Sinks that can work from the bytes or the
     columns do not decode: decoding a record costs more than everything else a simple sink
     does (the Datadog sink posts the stored bytes, the Prometheus sink counts by type).

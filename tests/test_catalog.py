@@ -26,7 +26,9 @@ from tests.samples import make_event
 from tests.service import Service, wait_for
 
 StartService = Callable[..., Service]
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+EVENT_TYPES_PAGE = (DOCS / "event-types.md").read_text()
+METRICS_PAGE = (DOCS / "metrics.md").read_text()
 
 
 def sdk_event_types() -> set[str]:
@@ -75,9 +77,9 @@ def test_webhook_types_are_the_sdk_s_webhook_endpoint_subscriptions() -> None:
     }
 
 
-def _readme_table() -> dict[str, tuple[set[str], set[str]]]:
-    """The README's event table: prefix -> (types by webhook, types from the Events API only)."""
-    section = README.split("### Event types", 1)[1].split("\n## ", 1)[0]
+def _docs_table() -> dict[str, tuple[set[str], set[str]]]:
+    """docs/event-types.md's table: prefix -> (types by webhook, types from the Events API only)."""
+    section = EVENT_TYPES_PAGE
     rows: dict[str, tuple[set[str], set[str]]] = {}
     for line in section.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
@@ -90,9 +92,9 @@ def _readme_table() -> dict[str, tuple[set[str], set[str]]]:
     return rows
 
 
-def test_the_readme_table_says_which_types_need_the_events_api() -> None:
-    assert "Events API only: needs `WORKOS_API_KEY`" in README
-    rows = _readme_table().values()
+def test_the_docs_table_says_which_types_need_the_events_api() -> None:
+    assert "Events API only: needs `WORKOS_API_KEY`" in EVENT_TYPES_PAGE
+    rows = _docs_table().values()
     assert set().union(*(webhook for webhook, _ in rows)) == catalog.WEBHOOK_TYPES
     assert set().union(*(api_only for _, api_only in rows)) == catalog.EVENTS_API_ONLY
 
@@ -219,7 +221,7 @@ def test_every_label_value_comes_from_the_catalog(event_type: str) -> None:
 def test_the_series_bound_is_the_catalog_s_and_holds_for_made_up_types() -> None:
     # one series per known type, and event="other" with each category (or other) and outcome
     assert catalog.MAX_EVENT_SERIES == 136 + 4 * (26 + 1) == 244
-    assert f"at most {catalog.MAX_EVENT_SERIES} series" in README
+    assert f"at most {catalog.MAX_EVENT_SERIES} series" in METRICS_PAGE
     made_up = [f"made_up_{n}.thing_happened" for n in range(200)]
     made_up += [
         f"{category}.new_{n}_{end}"

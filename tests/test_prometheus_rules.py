@@ -92,7 +92,7 @@ def test_every_issue_alert_exists_with_severity_and_a_first_response() -> None:
         assert rule["labels"]["severity"] in ("critical", "warning"), name
         assert rule["labels"]["service"] == "workos-forwarder", name
         assert {"summary", "description", "runbook"} <= set(rule["annotations"]), name
-        assert rule["annotations"]["runbook"] == f"README.md#{name.lower()}", name
+        assert rule["annotations"]["runbook"] == f"docs/monitors.md#{name.lower()}", name
 
 
 def exposed_series() -> set[str]:
