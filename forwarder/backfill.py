@@ -1,6 +1,6 @@
 """``workos-forwarder backfill``: fetch past events from the Events API into the journal.
 
-Fetching and storing are the poller's own (``forwarder.sources.events_api.EventsSync``): the
+Fetching and storing are the poller's own (``forwarder.sources.events_sync.EventsSync``): the
 same normalization, the same id-keyed journal, the same page-by-page durable position. This
 module adds what a person at a terminal needs: dates, a progress line, a summary at the end
 and failures that say what to fix.
@@ -25,17 +25,9 @@ import orjson
 
 from forwarder.config import ConfigError, Settings, load_environment
 from forwarder.journal import JournalUnavailable
-from forwarder.sources.events_api import (
-    RETENTION_DAYS,
-    ApiRejected,
-    ApiSettings,
-    ApiUnavailable,
-    EventsApiClient,
-    EventsSync,
-    PageResult,
-    event_types,
-    query_digest,
-)
+from forwarder.sources.events_api import ApiSettings, event_types
+from forwarder.sources.events_api_client import RETENTION_DAYS, ApiRejected, ApiUnavailable, EventsApiClient
+from forwarder.sources.events_sync import EventsSync, PageResult, query_digest
 
 _NON_TTY_PROGRESS_EVERY_S = 5.0
 

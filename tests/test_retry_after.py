@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from forwarder.config import ConfigError, Settings, max_retry_after
 from forwarder.normalize import NormalizeOptions, normalize
 from forwarder.retry_after import retry_after_from_headers, retry_after_seconds
-from forwarder.sources.events_api import EventsApiClient
+from forwarder.sources.events_api_client import EventsApiClient
 from sinks import datadog, otlp
 from sinks.base import RetryableError
 from tests.doubles.datadog_intake import DatadogIntake

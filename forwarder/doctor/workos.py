@@ -16,10 +16,10 @@ import httpx
 
 from forwarder.config import ConfigError
 from forwarder.doctor.report import Check, Status, failed, passed, skipped, warned
-from forwarder.sources.events_api import (
+from forwarder.sources.events_api import ApiSettings
+from forwarder.sources.events_api_client import (
     DEFAULT_API_URL,
     ApiRejected,
-    ApiSettings,
     ApiUnavailable,
     EventsApiClient,
     iso_ms,
