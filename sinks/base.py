@@ -16,6 +16,14 @@ package only needs to declare one entry point.
   records it could not deliver and delivered all others; those go straight to the
   dead-letter table. Without ``event_ids`` the whole batch is retried a bounded number of
   times and then dead-lettered.
+
+This module is the whole contract between the forwarder and its sinks, both ways. A sink
+imports nothing else from ``forwarder``: what it needs from the core is re-exported here
+(the record type, the configuration parsers and ``ConfigError``, the metrics registry and
+the per-request sink metrics, ``Retry-After`` parsing, URL masking, the catalog's metric
+labels), so the core can rearrange its own modules without breaking a sink shipped
+elsewhere. The core in turn imports only this module of ``sinks`` (``load_sinks`` is here),
+never a sink. ``tests/unit/test_dependencies.py`` holds both rules.
 """
 
 from __future__ import annotations
@@ -28,9 +36,49 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import Protocol, TypeVar, runtime_checkable
 
-from forwarder.records import Record  # re-exported: what ``send`` receives
+# Re-exported for sinks (see the module docstring). Each of these modules is light and
+# imports nothing from ``sinks``: importing the contract loads no journal and no engine.
+from forwarder.catalog import metric_labels
+from forwarder.config import ConfigError, choice, duration, integer, max_retry_after, switch
+from forwarder.masking import mask_url
+from forwarder.metrics import REGISTRY as METRICS_REGISTRY
+from forwarder.metrics import SINK_BYTES, SINK_LAST_SUCCESS, SINK_REQUESTS, SINK_RETRIES
+from forwarder.records import Record
+from forwarder.retry_after import DEFAULT_CAP_S, retry_after_from_headers, retry_after_seconds
+
+__all__ = [
+    "DEFAULT_CAP_S",
+    "ENTRY_POINT_GROUP",
+    "METRICS_REGISTRY",
+    "SINK_BYTES",
+    "SINK_LAST_SUCCESS",
+    "SINK_REQUESTS",
+    "SINK_RETRIES",
+    "ConfigError",
+    "EventFilter",
+    "PermanentError",
+    "Record",
+    "RetryableError",
+    "Sink",
+    "SinkError",
+    "SinkFactory",
+    "choice",
+    "duration",
+    "integer",
+    "load_sinks",
+    "mask_url",
+    "max_retry_after",
+    "metric_labels",
+    "retry_after_from_headers",
+    "retry_after_seconds",
+    "run_in_background",
+    "switch",
+]
+
+ENTRY_POINT_GROUP = "workos_forwarder.sinks"
 
 T = TypeVar("T")
 
@@ -120,6 +168,20 @@ class Sink(Protocol):
 
 class SinkFactory(Protocol):
     def __call__(self, env: Mapping[str, str]) -> Sink | None: ...
+
+
+def load_sinks(env: Mapping[str, str]) -> list[Sink]:
+    """Build every registered sink that its environment enables, in name order."""
+    sinks: list[Sink] = []
+    for entry_point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
+        factory: SinkFactory = entry_point.load()
+        sink = factory(env)
+        if sink is None:
+            continue
+        if any(existing.name == sink.name for existing in sinks):
+            raise ValueError(f"two sinks are named {sink.name!r} (entry point {entry_point.value})")
+        sinks.append(sink)
+    return sinks
 
 
 def _lower_priority() -> None:

@@ -40,11 +40,26 @@ import orjson
 from prometheus_client import Counter
 from zlib_ng import gzip_ng
 
-from forwarder import metrics
-from forwarder.config import ConfigError, choice, duration, integer, max_retry_after
-from forwarder.masking import mask_url
-from forwarder.retry_after import DEFAULT_CAP_S, retry_after_from_headers
-from sinks.base import EventFilter, PermanentError, Record, RetryableError, run_in_background
+from sinks.base import (
+    DEFAULT_CAP_S,
+    METRICS_REGISTRY,
+    SINK_BYTES,
+    SINK_LAST_SUCCESS,
+    SINK_REQUESTS,
+    SINK_RETRIES,
+    ConfigError,
+    EventFilter,
+    PermanentError,
+    Record,
+    RetryableError,
+    choice,
+    duration,
+    integer,
+    mask_url,
+    max_retry_after,
+    retry_after_from_headers,
+    run_in_background,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +102,7 @@ BACKFILL_DROPPED = Counter(
     "Records a sink skipped because they are dated outside what the destination accepts "
     "(DD_BACKFILL_POLICY=drop).",
     ["sink"],
-    registry=metrics.REGISTRY,
+    registry=METRICS_REGISTRY,
 )
 
 
@@ -248,8 +263,8 @@ class DatadogSink:
                 async with asyncio.timeout(REQUEST_DEADLINE_S):
                     response = await self._client.post(self.url, content=body)
             except (httpx.HTTPError, TimeoutError) as exc:
-                metrics.SINK_REQUESTS.labels(self.name, "error").inc()
-                metrics.SINK_RETRIES.labels(self.name, "error").inc()
+                SINK_REQUESTS.labels(self.name, "error").inc()
+                SINK_RETRIES.labels(self.name, "error").inc()
                 detail = (
                     f"no complete answer within {REQUEST_DEADLINE_S:g} s"
                     if isinstance(exc, TimeoutError)
@@ -257,15 +272,15 @@ class DatadogSink:
                 )
                 raise RetryableError(f"{self.name}: cannot reach {self.shown_url}: {detail}") from exc
         status_class = f"{response.status_code // 100}xx"
-        metrics.SINK_REQUESTS.labels(self.name, status_class).inc()
-        metrics.SINK_BYTES.labels(self.name).inc(len(body))
+        SINK_REQUESTS.labels(self.name, status_class).inc()
+        SINK_BYTES.labels(self.name).inc(len(body))
         if response.is_success:
-            metrics.SINK_LAST_SUCCESS.labels(self.name).set(time.time())
+            SINK_LAST_SUCCESS.labels(self.name).set(time.time())
             if self._credentials_rejected:
                 logger.info("datadog accepts the API key again", extra={"sink": self.name})
                 self._credentials_rejected = False
         elif response.status_code not in (400, 413):
-            metrics.SINK_RETRIES.labels(self.name, status_class).inc()
+            SINK_RETRIES.labels(self.name, status_class).inc()
         return response
 
     def _retryable(self, response: httpx.Response) -> RetryableError:

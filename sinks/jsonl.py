@@ -24,8 +24,7 @@ from collections.abc import Mapping, Sequence
 
 import orjson
 
-from forwarder.config import ConfigError
-from sinks.base import EventFilter, PermanentError, Record, RetryableError, run_in_background
+from sinks.base import ConfigError, EventFilter, PermanentError, Record, RetryableError, run_in_background
 
 logger = logging.getLogger(__name__)
 

@@ -47,11 +47,22 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.util.re import parse_env_headers
 
-from forwarder import metrics
-from forwarder.config import ConfigError, max_retry_after
-from forwarder.masking import mask_url
-from forwarder.retry_after import DEFAULT_CAP_S, retry_after_seconds
-from sinks.base import EventFilter, PermanentError, Record, RetryableError, run_in_background
+from sinks.base import (
+    DEFAULT_CAP_S,
+    SINK_BYTES,
+    SINK_LAST_SUCCESS,
+    SINK_REQUESTS,
+    SINK_RETRIES,
+    ConfigError,
+    EventFilter,
+    PermanentError,
+    Record,
+    RetryableError,
+    mask_url,
+    max_retry_after,
+    retry_after_seconds,
+    run_in_background,
+)
 from sinks.request_deadline import DeadlineSession
 
 logger = logging.getLogger(__name__)
@@ -234,7 +245,7 @@ class OtlpSink:
         attempt = await run_in_background(self._attempt, pending)
         status = attempt.status
         if attempt.success:
-            metrics.SINK_LAST_SUCCESS.labels(self.name).set(time.time())
+            SINK_LAST_SUCCESS.labels(self.name).set(time.time())
             return []
         if status is None:
             return await self._failed_without_answer(pending, attempt)
@@ -291,8 +302,8 @@ class OtlpSink:
                 event_id = pending[0].event_id
                 detail = attempt.error or "no HTTP request was made; see the exporter's log"
                 return [(event_id, f"{self.name}: the exporter did not send record {event_id}: {detail}")]
-        metrics.SINK_REQUESTS.labels(self.name, "error").inc()
-        metrics.SINK_RETRIES.labels(self.name, "error").inc()
+        SINK_REQUESTS.labels(self.name, "error").inc()
+        SINK_RETRIES.labels(self.name, "error").inc()
         detail = attempt.transport_error or attempt.error or "collector unreachable?"
         raise RetryableError(f"{self.name}: export to {self.endpoint} failed: {detail}")
 
@@ -305,13 +316,13 @@ class OtlpSink:
         """requests response hook, called in the exporter's thread for every attempt."""
         status = response.status_code
         status_class = f"{status // 100}xx"
-        metrics.SINK_REQUESTS.labels(self.name, status_class).inc()
+        SINK_REQUESTS.labels(self.name, status_class).inc()
         body = response.request.body
-        metrics.SINK_BYTES.labels(self.name).inc(len(body) if isinstance(body, bytes | str) else 0)
+        SINK_BYTES.labels(self.name).inc(len(body) if isinstance(body, bytes | str) else 0)
         if 200 <= status < 300:
             self._warn_partial_success(response)
         elif status in (408, 429) or status >= 500:
-            metrics.SINK_RETRIES.labels(self.name, status_class).inc()
+            SINK_RETRIES.labels(self.name, status_class).inc()
         retry_after = retry_after_seconds(response.headers.get("retry-after"), cap=self._max_retry_after_s)
         with self._status_lock:
             self._last_status = status
@@ -453,10 +464,12 @@ def _tag(ddtags: str, name: str) -> str:
     return ""
 
 
-def _exporter_options(env: Mapping[str, str]) -> dict[str, Any]:
+def exporter_options(env: Mapping[str, str]) -> dict[str, Any]:
     """The exporter's settings from ``env``, with the OTLP precedence (``_LOGS_`` variant first).
 
     ``OTEL_EXPORTER_OTLP_TIMEOUT`` is in seconds, as the installed Python exporter reads it.
+    Public because ``workos-forwarder doctor`` probes the collector with exactly these
+    settings (endpoint, headers, TLS files), so what it proves is what the sink will use.
     """
 
     def pick(suffix: str) -> tuple[str, str]:
@@ -522,7 +535,7 @@ def create(env: Mapping[str, str]) -> OtlpSink | None:
     ):
         return None
     return OtlpSink(
-        exporter_options=_exporter_options(env),
+        exporter_options=exporter_options(env),
         events=EventFilter.from_env(env, "OTLP"),
         service_name=env.get("OTEL_SERVICE_NAME", "").strip() or None,
         resource_attributes=_resource_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", "")),

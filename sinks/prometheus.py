@@ -12,16 +12,13 @@ from collections.abc import Mapping, Sequence
 
 import prometheus_client
 
-from forwarder.catalog import category, metric_event_label, outcome
-from forwarder.config import switch
-from forwarder.metrics import REGISTRY
-from sinks.base import EventFilter, Record
+from sinks.base import METRICS_REGISTRY, EventFilter, Record, metric_labels, switch
 
 EVENTS = prometheus_client.Counter(
     "workos_events",
     "WorkOS events delivered by the forwarder, by type (unknown types as 'other'), category and outcome.",
     ["event", "category", "outcome"],
-    registry=REGISTRY,
+    registry=METRICS_REGISTRY,
 )
 
 
@@ -37,8 +34,7 @@ class PrometheusSink:
         # the records are never decoded.
         counts = Counter(record.event_type for record in batch)
         for event_type, count in counts.items():
-            labels = (metric_event_label(event_type), category(event_type), outcome(event_type))
-            EVENTS.labels(*labels).inc(count)
+            EVENTS.labels(*metric_labels(event_type)).inc(count)
 
     async def close(self) -> None:
         return None
