@@ -39,7 +39,7 @@ def exits_on_config_error(command: F) -> F:
 @click.version_option(package_name="workos-forwarder")
 def main() -> None:
     """Verify WorkOS webhooks, journal them durably and forward them to Datadog, OTLP,
-    Prometheus and JSON lines. Configured by environment variables (see the README)."""
+    Prometheus and JSON lines. Configured by environment variables (see docs/configuration.md)."""
 
 
 @main.command()
@@ -59,7 +59,7 @@ def serve(check_config: bool) -> None:
     if check_config:
         # For systemd's ExecStartPre and CI: the same checks `serve` makes before it binds,
         # short of opening the journal, so a bad variable is caught before a restart loop.
-        from sinks import load_sinks
+        from sinks.base import load_sinks
 
         sinks = load_sinks(env)
 

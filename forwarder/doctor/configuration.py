@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from forwarder.config import ConfigError, Settings
 from forwarder.doctor.report import Check, failed, passed
 from forwarder.sources.events_api import ApiSettings
-from sinks import load_sinks
+from sinks.base import load_sinks
 
 NAME = "configuration"
 

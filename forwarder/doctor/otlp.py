@@ -16,7 +16,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from forwarder.config import ConfigError
 from forwarder.doctor.report import Check, failed, passed, skipped
 from forwarder.masking import mask_url
-from sinks.otlp import _exporter_options
+from sinks.otlp import exporter_options
 
 NAME = "otlp"
 TIMEOUT_S = 10.0
@@ -35,7 +35,7 @@ async def check_otlp(env: Mapping[str, str]) -> Check:
             NAME, "no OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_LOGS_ENDPOINT (the OTLP sink is off)"
         )
     try:
-        options = _exporter_options(env)
+        options = exporter_options(env)
     except ConfigError as exc:
         return failed(NAME, str(exc), f"correct {exc.variable}")
     endpoint: str = options["endpoint"]
