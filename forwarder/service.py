@@ -34,8 +34,7 @@ from forwarder.signature import Verifier
 from forwarder.sources import load_sources
 from forwarder.sources.webhook import Receive, Scope, Send, WebhookEndpoint
 from forwarder.supervisor import Supervised, start
-from sinks import load_sinks
-from sinks.base import Sink
+from sinks.base import Sink, load_sinks
 
 logger = logging.getLogger("forwarder.service")
 
