@@ -53,6 +53,13 @@ def open_journal(settings: Settings) -> Journal:
             "FORWARDER_JOURNAL_URL",
             f"{exc}; use sqlite:///path/to/journal.sqlite3 or postgresql://user@host:5432/database",
         ) from exc
+    except OSError as exc:
+        # Creating the SQLite directory: a path under a regular file, or no permission.
+        raise ConfigError(
+            "FORWARDER_DATA_DIR",
+            f"cannot create the journal's directory ({exc.strerror}: {exc.filename}); point"
+            " FORWARDER_DATA_DIR (or FORWARDER_JOURNAL_URL) at a directory this user can write",
+        ) from None
     failures: tuple[type[BaseException], ...] = (OSError, *engine.errors)
     try:
         return Journal(engine, backlog_limit=settings.backlog_limit)
