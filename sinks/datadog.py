@@ -451,7 +451,7 @@ def _excerpt(text: str, limit: int = 500) -> str:
 
 
 def create(env: Mapping[str, str]) -> DatadogSink | None:
-    """The Datadog sink when ``DD_API_KEY`` is set, else None. See the README for each variable."""
+    """The Datadog sink when ``DD_API_KEY`` is set, else None. Each variable is in docs/configuration.md."""
     api_key = env.get("DD_API_KEY", "").strip()
     if not api_key:
         return None

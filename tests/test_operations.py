@@ -158,7 +158,9 @@ def test_config_error_names_the_variable_and_exits_non_zero(
 def test_a_data_dir_that_cannot_be_created_is_a_config_error(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    result = _run_cli("serve", env={"WORKOS_WEBHOOK_SECRET": "s", "FORWARDER_DATA_DIR": str(blocker / "data")})
+    result = _run_cli(
+        "serve", env={"WORKOS_WEBHOOK_SECRET": "s", "FORWARDER_DATA_DIR": str(blocker / "data")}
+    )
     assert result.returncode == 2
     assert "FORWARDER_DATA_DIR" in result.stderr and "Not a directory" in result.stderr
     assert "Traceback" not in result.stderr
