@@ -147,6 +147,16 @@ def saved(journal: Journal) -> WalkState:
     return WalkState.loads(raw)
 
 
+async def first_walk(api: FakeEventsApi, journal: Journal) -> Mark:
+    """Walk the list once, then forget what was asked and served; the cursor it left."""
+    await walk(make_sync(api, journal))
+    cursor = saved(journal).cursor
+    assert cursor is not None
+    api.asked.clear()
+    api.served = 0
+    return cursor
+
+
 def newest_mark(listed: list[dict[str, Any]]) -> Mark:
     return max(Mark(_ms(event), event["id"]) for event in listed)
 
@@ -182,13 +192,9 @@ async def test_an_oldest_first_list_is_then_walked_forward_from_the_cursor(
     api = FakeEventsApi()
     api.add(events(30))
     journal = open_journal()
-    await walk(make_sync(api, journal))
-    cursor = saved(journal).cursor
-    assert cursor is not None
+    cursor = await first_walk(api, journal)
     later = events(120, after=START + 60)
     api.add(later)
-    api.asked.clear()
-    api.served = 0
 
     results = await walk(make_sync(api, journal))
 
@@ -205,13 +211,9 @@ async def test_a_newest_first_list_is_swept_down_to_the_cursor_time(
     api = FakeEventsApi(newest_first=True)
     api.add(events(30))
     journal = open_journal()
-    await walk(make_sync(api, journal))
-    cursor = saved(journal).cursor
-    assert cursor is not None
+    cursor = await first_walk(api, journal)
     later = events(120, after=START + 60)
     api.add(later)
-    api.asked.clear()
-    api.served = 0
 
     results = await walk(make_sync(api, journal))
 
@@ -331,10 +333,7 @@ async def test_another_filter_sweeps_from_the_old_cursor_time(open_journal: Call
     api = FakeEventsApi()
     api.add(events(20))
     journal = open_journal()
-    await walk(make_sync(api, journal))
-    cursor = saved(journal).cursor
-    assert cursor is not None
-    api.asked.clear()
+    cursor = await first_walk(api, journal)
 
     await walk(make_sync(api, journal, types=TYPES[:40]))
 
@@ -349,13 +348,10 @@ async def test_a_refused_forward_cursor_falls_back_to_a_sweep_from_its_time(
     api = FakeEventsApi()
     api.add(events(20))
     journal = open_journal()
-    await walk(make_sync(api, journal))
-    cursor = saved(journal).cursor
-    assert cursor is not None
+    cursor = await first_walk(api, journal)
     api.events = [event for event in api.events if event["id"] != cursor.id]  # aged out
     later = events(30, after=START + 60)
     api.add(later)
-    api.asked.clear()
 
     await walk(make_sync(api, journal))
 
