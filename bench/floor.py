@@ -5,7 +5,7 @@ verification, no journal. Its requests/s on one core is what uvicorn + uvloop + 
 allow, the ceiling the forwarder's acknowledged rate is compared with.
 
 ``python -m bench.floor PORT``. It takes its server options from
-``forwarder.service.server_config``: the comparison is only fair on the same stack.
+``forwarder.server.server_config``: the comparison is only fair on the same stack.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import uvicorn
 
-from forwarder.service import server_config
+from forwarder.server import server_config
 
 Message = MutableMapping[str, Any]
 _BODY = b'{"status":"accepted"}'

@@ -52,7 +52,7 @@ def main() -> None:
 def serve(check_config: bool) -> None:
     """Run the sidecar: webhook endpoint, delivery loops, /metrics, /healthz, /readyz, /status."""
     from forwarder import logs
-    from forwarder.service import serve as run
+    from forwarder.server import serve as run
 
     env = load_environment()
     settings = Settings.from_env(env)

@@ -9,22 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict
-from typing import Any, Literal
+from typing import Any
 
-import uvicorn
 from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from forwarder import failpoints, http_edge, metrics
+from forwarder import failpoints, metrics
 from forwarder.config import ConfigError, Settings, duration, switch
 from forwarder.delivery import DeliveryLoop
 from forwarder.engines import SQLiteEngine, engine_for
@@ -348,89 +346,3 @@ class WebhookFirst:
             await self._webhook(scope, receive, send)
         else:
             await self.app(scope, receive, send)
-
-
-def server_config(
-    app: Any,
-    host: str,
-    port: int,
-    *,
-    lifespan: Literal["auto", "on", "off"],
-    shutdown_timeout_s: float,
-    limits: http_edge.EdgeLimits = http_edge.DEFAULT_LIMITS,
-) -> uvicorn.Config:
-    """The HTTP server options, shared with ``bench/floor.py`` so the floor runs on the same stack.
-
-    The protocol, keep-alive and backlog come from ``forwarder.http_edge``: uvicorn's httptools
-    protocol with bounds on request heads, deadlines and open connections.
-    """
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        loop="uvloop",
-        lifespan=lifespan,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        **http_edge.uvicorn_options(limits),
-        timeout_graceful_shutdown=int(shutdown_timeout_s) or 1,
-    )
-
-
-def serve(settings: Settings, env: Mapping[str, str]) -> None:
-    # Before anything opens a descriptor: the connection cap is fitted to the limit in force.
-    soft_limit = http_edge.raise_descriptor_limit()
-    app = build_app(settings, env)
-    config = server_config(
-        app,
-        settings.host,
-        settings.port,
-        lifespan="on",
-        shutdown_timeout_s=settings.shutdown_timeout_s,
-        limits=http_edge.fit_to_descriptors(http_edge.EdgeLimits.from_settings(settings), soft_limit),
-    )
-    # Every request allocates a few hundred container objects that reference counting frees;
-    # at the default threshold (700) the cyclic GC still ran young collections thousands of
-    # times a second and full ones every few seconds (8% of the core in the benchmark).
-    # Collect young objects every 10,000 net allocations instead, and freeze what exists now
-    # (modules, the app, the sinks) so that a full collection never walks it again. Higher
-    # thresholds (50,000) let the garbage of failed sink sends (exception cycles holding a
-    # decoded batch) pile up: RSS grew 0.3 MB/s while a sink was down.
-    gc.set_threshold(10_000, 10, 10)
-    gc.freeze()
-    DrainingServer(config, app.app.state.forwarder).run()
-
-
-class DrainingServer(uvicorn.Server):
-    """uvicorn, with readiness failing from the first SIGTERM and an optional drain delay.
-
-    With ``FORWARDER_DRAIN_DELAY`` above zero the port stays open that long after SIGTERM,
-    answering webhooks while /readyz says 503, so a load balancer or Kubernetes Service takes
-    the instance out of rotation before connections are refused. A second signal ends the
-    wait. Nothing is logged from the signal handler itself (logging is not reentrant there).
-    """
-
-    def __init__(self, config: uvicorn.Config, forwarder: Forwarder) -> None:
-        super().__init__(config)
-        self._forwarder = forwarder
-        self._delayed: tuple[int, float] | None = None  # (signal, when to act on it)
-        self._announced = False
-
-    def handle_exit(self, sig: int, frame: Any) -> None:
-        self._forwarder.draining = True
-        if self._delayed is None and self._forwarder.drain_delay_s > 0:
-            self._delayed = (sig, time.monotonic() + self._forwarder.drain_delay_s)
-            return
-        self._delayed = None
-        super().handle_exit(sig, frame)
-
-    async def on_tick(self, counter: int) -> bool:
-        if self._delayed is not None:
-            sig, stop_at = self._delayed
-            if not self._announced:
-                self._announced = True
-                logger.info("draining: /readyz answers 503", extra={"delay_s": self._forwarder.drain_delay_s})
-            if time.monotonic() >= stop_at:
-                super().handle_exit(sig, None)  # uvicorn's own shutdown, as without a delay
-        return await super().on_tick(counter)
