@@ -74,6 +74,21 @@ SITES = (
     "ddog-gov.com",
     "us2.ddog-gov.com",
 )
+
+
+def site(env: Mapping[str, str], override: str) -> str:
+    """``DD_SITE``, checked against Datadog's sites; ``override`` is the variable that names an
+    address outright instead (``DD_LOGS_URL`` for the intake, ``DD_API_URL`` for the API)."""
+    value = env.get("DD_SITE", "").strip().lower() or "datadoghq.com"
+    if value not in SITES:
+        raise ConfigError(
+            "DD_SITE",
+            f"{value!r} is not a Datadog site; use one of {', '.join(SITES)} "
+            f"(the part after 'app.' in your Datadog URL), or set {override}",
+        )
+    return value
+
+
 ORIGIN = "workos-forwarder"
 """``DD-EVP-ORIGIN``: Datadog's own shippers name themselves on every intake request."""
 ORIGIN_VERSION = importlib.metadata.version("workos-forwarder")
@@ -462,14 +477,7 @@ def create(env: Mapping[str, str]) -> DatadogSink | None:
                 "DD_LOGS_URL", f"{url!r} is not an http(s) URL, e.g. https://proxy:8443/api/v2/logs"
             )
     else:
-        site = env.get("DD_SITE", "").strip().lower() or "datadoghq.com"
-        if site not in SITES:
-            raise ConfigError(
-                "DD_SITE",
-                f"{site!r} is not a Datadog site; use one of {', '.join(SITES)} "
-                "(the part after 'app.' in your Datadog URL), or set DD_LOGS_URL",
-            )
-        url = f"https://http-intake.logs.{site}/api/v2/logs"
+        url = f"https://http-intake.logs.{site(env, 'DD_LOGS_URL')}/api/v2/logs"
     level = integer(env, "DD_COMPRESSION_LEVEL", 6, minimum=0)
     if level > 9:
         raise ConfigError(

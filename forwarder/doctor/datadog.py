@@ -18,8 +18,8 @@ import orjson
 from forwarder.config import ConfigError
 from forwarder.doctor.report import Check, failed, passed, skipped, warned
 from forwarder.masking import mask_url
-from sinks.datadog import SITES
 from sinks.datadog import create as create_sink
+from sinks.datadog import site
 
 TIMEOUT_S = 10.0
 TEST_LOG_TAGS = "doctor:true,source:workos,forwarder:workos-forwarder"
@@ -31,12 +31,7 @@ _KEY_FIX = (
 
 def validation_url(env: Mapping[str, str]) -> str:
     """Datadog's key-validation endpoint for ``DD_SITE`` (``DD_API_URL`` overrides the address)."""
-    base = env.get("DD_API_URL", "").strip()
-    if not base:
-        site = env.get("DD_SITE", "").strip().lower() or "datadoghq.com"
-        if site not in SITES:
-            raise ConfigError("DD_SITE", f"{site!r} is not a Datadog site; use one of {', '.join(SITES)}")
-        base = f"https://api.{site}"
+    base = env.get("DD_API_URL", "").strip() or f"https://api.{site(env, 'DD_API_URL')}"
     return f"{base.rstrip('/')}/api/v1/validate"
 
 
