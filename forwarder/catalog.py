@@ -15,8 +15,6 @@ import re
 import threading
 from typing import Literal, NamedTuple
 
-from forwarder import metrics
-
 logger = logging.getLogger("forwarder.catalog")
 
 Outcome = Literal["success", "failure", "started", "info"]
@@ -295,9 +293,10 @@ _TYPE_SHAPE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+")
 class UnknownTypes:
     """Types that arrived but are not in the catalog, remembered up to ``capacity``.
 
-    Each new one is logged once, by name, with the way to keep polling it; every event of one
-    is counted in ``workos_forwarder_uncatalogued_events_total`` (no label: the type is
-    unbounded). The poller adds the remembered ones to its request (``pollable``), so the
+    Each new one is logged once, by name, with the way to keep polling it (normalization counts
+    every event of one in ``workos_forwarder_uncatalogued_events_total``, no label: the type is
+    unbounded; this module imports nothing from the project, so ``sinks.base`` can offer its
+    labels). The poller adds the remembered ones to its request (``pollable``), so the
     Events API keeps reconciling a type WorkOS added after this release. Memory is bounded:
     past ``capacity`` distinct types, further ones are counted but neither logged nor polled,
     and that is logged once.
@@ -312,7 +311,6 @@ class UnknownTypes:
 
     def describe(self, event_type: str) -> Description:
         """The description of a type missing from ``DESCRIPTIONS``, from its name; notes the type."""
-        metrics.UNCATALOGUED_EVENTS.inc()
         if event_type not in self._seen:
             self._note(event_type)
         return _describe_by_name(event_type)

@@ -6,9 +6,11 @@ that is slow or down only holds back its own cursor.
 
 New records and dead-letter replays go through the same ``_deliver``/``_send`` path under
 one ``RetryPolicy`` (``forwarder.retry_policy``): a retryable error is retried for as long
-as it takes; a batch that fails otherwise is tried ``max_attempts`` times and then halved
-until the records that fail on their own are found, so one record a sink cannot take never
-holds back the others; those go to dead letters with their reason.
+as it takes; a batch the sink refuses (``PermanentError`` without event ids) is halved at
+once, and one that fails otherwise (a bug in the sink) is tried ``max_attempts`` times
+first, until the records that fail on their own are found (``forwarder.isolation``), so one
+record a sink cannot take never holds back the others; those go to dead letters with their
+reason.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ import orjson
 
 from forwarder import failpoints, metrics
 from forwarder.engines import Lease
-from forwarder.journal import Journal, JournalUnavailable
+from forwarder.errors import JournalUnavailable, PermanentError, RetryableError
+from forwarder.isolation import Refused, halve
+from forwarder.journal import Journal
 from forwarder.normalize import event_time
 from forwarder.records import Entry
 from forwarder.retry_after import DEFAULT_CAP_S
 from forwarder.retry_policy import RetryPolicy, SinkHealth, SinkStatus
-from sinks.base import PermanentError, RetryableError, Sink
+from sinks.base import Sink
 
 logger = logging.getLogger("forwarder.delivery")
 
@@ -48,6 +52,8 @@ class _Failed:
     entries: list[Entry]
     reason: str
     isolated: bool
+    refused: bool = False
+    """A ``PermanentError`` without event ids: the sink refused the batch, retrying will not help."""
 
 
 class _Stopped(Exception):
@@ -205,36 +211,26 @@ class DeliveryLoop:
                 await self._dead_letter(failed.entries, failed.reason, attempts)
                 return failed.entries
             self._health.failed("permanent", failed.reason, len(entries), unhealthy=False)
-            delay = self.policy.after_failure(attempts)
+            # A sink's PermanentError says retrying will not help: look for its records at once.
+            # Anything else (a bug in the sink) may pass: try the batch again first.
+            delay = None if failed.refused else self.policy.after_failure(attempts)
             if delay is None:
                 break
             await self._pause(delay)
-        dead = await self._isolate(list(entries), failed.reason)
+        dead = await halve(list(entries), self._attempt, failed.reason)
         for reason in dict.fromkeys(why for _, why in dead):
             await self._dead_letter([entry for entry, why in dead if why == reason], reason, attempts)
         return [entry for entry, _ in dead]
 
-    async def _isolate(self, entries: list[Entry], reason: str) -> list[tuple[Entry, str]]:
-        """Halve a batch that keeps failing as a whole until the records that fail alone are found.
-
-        Each half is sent once: a record that fails on its own is dead-lettered with the
-        reason it failed with, every other record is delivered. A sink that rejects everything
-        costs about twice as many sends as records, without backoff, and then stops blocking.
-        """
-        if len(entries) == 1:
-            return [(entries[0], reason)]
-        dead: list[tuple[Entry, str]] = []
-        middle = len(entries) // 2
-        for half in (entries[:middle], entries[middle:]):
-            failed = await self._send(half)
-            if failed is None:
-                continue
-            self._health.failed("permanent", failed.reason, len(failed.entries), unhealthy=False)
-            if failed.isolated:
-                dead += [(entry, failed.reason) for entry in failed.entries]
-            else:
-                dead += await self._isolate(half, failed.reason)
-        return dead
+    async def _attempt(self, entries: Sequence[Entry]) -> Refused[Entry] | None:
+        """One part of a batch being halved (``forwarder.isolation``): each is sent once."""
+        failed = await self._send(entries)
+        if failed is None:
+            return None
+        self._health.failed("permanent", failed.reason, len(failed.entries), unhealthy=False)
+        if failed.isolated:
+            return Refused(failed.reason, [(entry, failed.reason) for entry in failed.entries])
+        return Refused(failed.reason)
 
     async def _send(self, entries: Sequence[Entry]) -> _Failed | None:
         """One ``send`` until the destination answers: None when delivered, else what failed.
@@ -263,7 +259,7 @@ class DeliveryLoop:
                 continue
             except PermanentError as exc:
                 if exc.event_ids is None:
-                    return _Failed(list(entries), exc.reason, isolated=False)
+                    return _Failed(list(entries), exc.reason, isolated=False, refused=True)
                 refused = set(exc.event_ids)
                 rejected = [entry for entry in entries if entry.event_id in refused]
                 self._health.succeeded(len(entries) - len(rejected))

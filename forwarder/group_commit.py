@@ -22,6 +22,7 @@ from typing import Any
 
 from forwarder import failpoints, metrics
 from forwarder.engines import Engine
+from forwarder.errors import JournalUnavailable
 
 logger = logging.getLogger("forwarder.journal")
 
@@ -30,12 +31,6 @@ WRITE_DEADLINE_S = 10.0
 _WRITER_BACKOFF_S = (0.1, 5.0)
 _DEADLINE_CHECK_S = 0.25
 _STOP = object()
-
-
-class JournalUnavailable(Exception):
-    """The journal cannot take the write (or answer the read) now; webhooks get 503 + Retry-After."""
-
-    retry_after_s = 5
 
 
 class Transaction:

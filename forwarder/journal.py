@@ -23,18 +23,13 @@ from typing import Any
 
 from forwarder import failpoints, metrics
 from forwarder.engines import Engine, Lease, SQLiteEngine
-from forwarder.group_commit import WRITE_DEADLINE_S, GroupCommitWriter, JournalUnavailable, Transaction
+from forwarder.errors import BacklogFull, JournalUnavailable
+from forwarder.group_commit import WRITE_DEADLINE_S, GroupCommitWriter, Transaction
 from forwarder.read_connections import ReadConnections
 from forwarder.records import DeadLetter, Entry, NewRecord, Stats
 
 logger = logging.getLogger("forwarder.journal")
 _MAX_INSERT_ROWS = 64
-
-
-class BacklogFull(JournalUnavailable):
-    """Sinks are too far behind: accepting more would grow the journal without bound."""
-
-    retry_after_s = 30
 
 
 @functools.cache

@@ -27,7 +27,8 @@ from typing import Any, Literal
 
 import orjson
 
-from forwarder import catalog
+from forwarder import catalog, metrics
+from forwarder.errors import InvalidEvent
 from forwarder.records import NewRecord
 from forwarder.redaction import Redactor
 
@@ -66,10 +67,6 @@ constant only names the limit in the error. 252 levels is far beyond any WorkOS 
 
 _JSON_MAX_DEPTH = 1024
 """Containers orjson decodes nested at most ("depth limit exceeded" past this)."""
-
-
-class InvalidEvent(ValueError):
-    """The payload is not a WorkOS event; the message says what is wrong (answered as HTTP 400)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +145,10 @@ def _normalize(
     raw_created = event.get("created_at")
 
     # One lookup for a known type; a miss is a type this release does not know, noted there.
-    described = catalog.DESCRIPTIONS.get(event_type) or catalog.UNKNOWN_TYPES.describe(event_type)
+    described = catalog.DESCRIPTIONS.get(event_type)
+    if described is None:
+        metrics.UNCATALOGUED_EVENTS.inc()
+        described = catalog.UNKNOWN_TYPES.describe(event_type)
     category, outcome, status, evt_category = described
     created = _parse_time(raw_created)
 

@@ -24,11 +24,12 @@ import hashlib
 import hmac
 import time
 from collections.abc import Sequence
-from typing import Literal
+
+from forwarder.errors import SignatureError, SignatureReason
 
 __all__ = ["Reason", "SignatureError", "Verifier", "parse_header", "sign"]
 
-Reason = Literal["missing_signature", "malformed_signature", "stale_timestamp", "bad_signature"]
+Reason = SignatureReason
 
 # 13 digits today; the cap keeps int() far from CPython's 4300-digit conversion limit (which raises
 # ValueError, not our error) while leaving room for leading zeros and the far future.
@@ -37,22 +38,6 @@ _V1_HEX_DIGITS = hashlib.sha256().digest_size * 2
 # Unknown keys are echoed (truncated) so an operator can see what the sender sent; a longer prefix could
 # leak a meaningful part of a signature pasted without its "v1=" label.
 _ECHO_CHARS = 8
-
-
-class SignatureError(Exception):
-    """A webhook whose signature cannot be trusted.
-
-    `reason` is a fixed vocabulary (it becomes the `result` label of workos_webhook_requests_total);
-    `detail` is short human text that never contains a secret or a full signature; `skew_ms` is
-    now - t on bad_signature and stale_timestamp (the header parsed), so clock problems show up even on
-    rejected requests.
-    """
-
-    def __init__(self, reason: Reason, detail: str, skew_ms: int | None = None) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason: Reason = reason
-        self.detail = detail
-        self.skew_ms = skew_ms
 
 
 def _malformed(detail: str) -> SignatureError:

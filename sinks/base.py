@@ -14,14 +14,16 @@ package only needs to declare one entry point.
   records for a retryable error, the backlog waits on disk.
 * ``PermanentError``: retrying will not help. With ``event_ids`` the sink has isolated the
   records it could not deliver and delivered all others; those go straight to the
-  dead-letter table. Without ``event_ids`` the whole batch is retried a bounded number of
-  times and then dead-lettered.
+  dead-letter table. Without ``event_ids`` no record of the batch was delivered: the loop
+  halves the batch at once (``isolate``) until the records refused alone are found, and
+  dead-letters those. Any other exception is a bug: the batch is retried a bounded number
+  of times (``FORWARDER_MAX_ATTEMPTS``) first.
 
 This module is the whole contract between the forwarder and its sinks, both ways. A sink
 imports nothing else from ``forwarder``: what it needs from the core is re-exported here
-(the record type, the configuration parsers and ``ConfigError``, the metrics registry and
-the per-request sink metrics, ``Retry-After`` parsing, URL masking, the catalog's metric
-labels), so the core can rearrange its own modules without breaking a sink shipped
+(the record type, the configuration parsers and the errors, the metrics registry and the
+per-request sink metrics, ``Retry-After`` parsing, URL masking, the catalog's metric labels,
+isolation by halving), so the core can rearrange its own modules without breaking a sink shipped
 elsewhere. The core in turn imports only this module of ``sinks`` (``load_sinks`` is here),
 never a sink. ``tests/unit/test_dependencies.py`` holds both rules.
 """
@@ -31,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import inspect
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -39,10 +42,14 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Protocol, TypeVar, runtime_checkable
 
-# Re-exported for sinks (see the module docstring). Each of these modules is light and
-# imports nothing from ``sinks``: importing the contract loads no journal and no engine.
+# Re-exported for sinks (see the module docstring). Each of these modules is light, imports
+# nothing from ``sinks`` and nothing of the core beyond one another (tests/unit/
+# test_dependencies.py lists them): importing the contract loads no journal, no engine, no
+# normalization.
 from forwarder.catalog import metric_labels
-from forwarder.config import ConfigError, choice, duration, integer, max_retry_after, switch
+from forwarder.config_values import choice, duration, integer, max_retry_after, switch
+from forwarder.errors import ConfigError, PermanentError, RetryableError, SinkContractError, SinkError
+from forwarder.isolation import Refused, halve, isolate
 from forwarder.masking import mask_url
 from forwarder.metrics import REGISTRY as METRICS_REGISTRY
 from forwarder.metrics import SINK_BYTES, SINK_LAST_SUCCESS, SINK_REQUESTS, SINK_RETRIES
@@ -61,13 +68,18 @@ __all__ = [
     "EventFilter",
     "PermanentError",
     "Record",
+    "Refused",
     "RetryableError",
     "Sink",
+    "SinkContractError",
     "SinkError",
     "SinkFactory",
+    "check_contract",
     "choice",
     "duration",
+    "halve",
     "integer",
+    "isolate",
     "load_sinks",
     "mask_url",
     "max_retry_after",
@@ -81,37 +93,6 @@ __all__ = [
 ENTRY_POINT_GROUP = "workos_forwarder.sinks"
 
 T = TypeVar("T")
-
-
-class SinkError(Exception):
-    """Base class of the errors a sink may raise from ``send``."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class RetryableError(SinkError):
-    """The batch could not be delivered now; the same batch should be tried again.
-
-    ``retry_after`` (seconds) is the earliest useful retry, from ``Retry-After`` or a
-    rate-limit header. ``unhealthy`` marks errors an operator must fix (a rejected API key):
-    the sink is reported unhealthy on ``/readyz``, ``/status`` and in metrics until a send
-    succeeds again, and retries slowly meanwhile.
-    """
-
-    def __init__(self, reason: str, *, retry_after: float | None = None, unhealthy: bool = False) -> None:
-        super().__init__(reason)
-        self.retry_after = retry_after
-        self.unhealthy = unhealthy
-
-
-class PermanentError(SinkError):
-    """Retrying will not help; see the module docstring for ``event_ids``."""
-
-    def __init__(self, reason: str, *, event_ids: Sequence[str] | None = None) -> None:
-        super().__init__(reason)
-        self.event_ids = list(event_ids) if event_ids is not None else None
 
 
 @dataclass(frozen=True)
@@ -171,17 +152,60 @@ class SinkFactory(Protocol):
 
 
 def load_sinks(env: Mapping[str, str]) -> list[Sink]:
-    """Build every registered sink that its environment enables, in name order."""
+    """Build every registered sink that its environment enables, in name order.
+
+    Each plugin is checked here, at start (``serve``, ``serve --check-config``, ``doctor``):
+    one that cannot be imported, whose factory fails with anything but ``ConfigError``, or
+    whose sink lacks part of the contract raises ``SinkContractError`` naming the plugin, its
+    entry point and what is missing, rather than crash-looping once records arrive.
+    """
     sinks: list[Sink] = []
     for entry_point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
-        factory: SinkFactory = entry_point.load()
-        sink = factory(env)
+        plugin = f"sink plugin {entry_point.name!r} ({entry_point.value})"
+        try:
+            factory = entry_point.load()
+            sink = factory(env)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise SinkContractError(
+                plugin, f"failed to load: {type(exc).__name__}: {exc}; fix the plugin or uninstall it"
+            ) from exc
         if sink is None:
             continue
+        check_contract(sink, plugin)
         if any(existing.name == sink.name for existing in sinks):
-            raise ValueError(f"two sinks are named {sink.name!r} (entry point {entry_point.value})")
+            raise SinkContractError(plugin, f"a second sink is named {sink.name!r}; names must be unique")
         sinks.append(sink)
     return sinks
+
+
+_ASYNC_METHODS = ("send", "close")
+
+
+def check_contract(sink: object, plugin: str) -> None:
+    """Raise ``SinkContractError`` naming every member ``sink`` lacks or has wrong."""
+    problems = []
+    name = getattr(sink, "name", None)
+    if not isinstance(name, str) or not name:
+        problems.append("'name' (a non-empty str)")
+    events = getattr(sink, "events", None)
+    if not callable(getattr(events, "matches", None)) or not hasattr(events, "matches_everything"):
+        problems.append("'events' (an EventFilter, e.g. EventFilter.from_env(env, PREFIX))")
+    max_batch = getattr(sink, "max_batch", None)
+    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+        problems.append("'max_batch' (an int >= 1)")
+    for method in _ASYNC_METHODS:
+        if not inspect.iscoroutinefunction(getattr(sink, method, None)):
+            problems.append(f"'{method}' (an async def method)")
+    reopen = getattr(sink, "reopen", None)
+    if reopen is not None and not inspect.iscoroutinefunction(reopen):
+        problems.append("'reopen' (optional, but an async def method when present)")
+    if problems:
+        raise SinkContractError(
+            plugin,
+            f"its sink ({type(sink).__name__}) lacks {', '.join(problems)}; see docs/writing-a-sink.md",
+        )
 
 
 def _lower_priority() -> None:

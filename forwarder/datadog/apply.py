@@ -31,10 +31,7 @@ from datadog_api_client.v2.model.logs_metric_create_request import LogsMetricCre
 from datadog_api_client.v2.model.logs_metric_update_request import LogsMetricUpdateRequest
 
 from forwarder.datadog.assets import MANAGED_TAG, MODELS, Asset, Kind, offline_client
-
-
-class ApplyError(Exception):
-    """Apply cannot go on; the message names the object and what Datadog answered."""
+from forwarder.errors import ApplyError
 
 
 def api_configuration(env: Mapping[str, str]) -> Configuration:

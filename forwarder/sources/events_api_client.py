@@ -18,6 +18,7 @@ import httpx
 import orjson
 
 from forwarder.backoff import backoff_delay
+from forwarder.errors import ApiRejected, ApiUnavailable
 from forwarder.masking import mask_url
 from forwarder.retry_after import DEFAULT_CAP_S, retry_after_seconds
 
@@ -27,21 +28,6 @@ RETENTION_DAYS = 30
 
 WaitNotice = Callable[[str, float], None]
 """Called before each retry wait with the reason and the seconds about to be waited."""
-
-
-class ApiRejected(Exception):
-    """The API refused the request (400/401/403/404/422): asking again will not help.
-
-    The message names the status, the server's own words and the likely cause.
-    """
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class ApiUnavailable(Exception):
-    """The API kept failing (5xx, timeouts, refused connections) through every retry."""
 
 
 @dataclass(frozen=True, slots=True)

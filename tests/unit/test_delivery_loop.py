@@ -197,10 +197,25 @@ async def test_a_record_the_sink_cannot_take_is_isolated_and_the_others_delivere
         await wait_until(lambda: journal.dead_letter_counts() == {"scripted": 1}, "one dead letter")
         await wait_until(lambda: len(sink.delivered) == 9, "the other nine delivered")
 
-    assert [batch for _, batch in sink.calls[:3]] == [ids(10)] * 3  # max_attempts of the whole batch
+    # A PermanentError says retrying will not help: the batch is halved at once, not retried.
+    assert [batch for _, batch in sink.calls[:3]] == [ids(10), ids(5), ids(5, start=5)]
     assert sorted(sink.delivered) == [event_id for event_id in ids(10) if event_id != "event_0005"]
     (letter,) = journal.dead_letters()
-    assert (letter.event_id, letter.reason, letter.attempts) == ("event_0005", "cannot take event_0005", 3)
+    assert (letter.event_id, letter.reason, letter.attempts) == ("event_0005", "cannot take event_0005", 1)
+
+
+async def test_a_batch_a_buggy_sink_fails_is_retried_before_it_is_halved(journal: Journal) -> None:
+    sink = ScriptedSink(
+        script=[KeyError("a bug"), KeyError("a bug"), KeyError("a bug")], poison=["event_0002"]
+    )
+    loop = delivery_loop(sink, journal, max_attempts=3)
+    await journal.append(records(4))
+
+    async with running(loop):
+        await wait_until(lambda: journal.dead_letter_counts() == {"scripted": 1}, "one dead letter")
+        await wait_until(lambda: len(sink.delivered) == 3, "the other three delivered")
+
+    assert [batch for _, batch in sink.calls[:3]] == [ids(4)] * 3  # max_attempts of the whole batch
     assert journal.cursors() == {"scripted": journal.read_after(0, 100)[-1].seq}  # not held back
 
 

@@ -10,6 +10,8 @@ import inside a function counts too.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,9 +30,9 @@ CORE_EXCEPTIONS = {
     "forwarder/doctor/otlp.py": {"sinks.otlp"},
 }
 
-SINKS_MAY_IMPORT = {"sinks.base", "sinks.request_deadline"}
-"""A sink uses the contract, and a helper module of the built-in sinks (the OTLP sink's
-request deadline). Never another sink: each is registered on its own."""
+SINKS_MAY_IMPORT = {"sinks.base", "sinks.http", "sinks.request_deadline"}
+"""A sink uses the contract, the shared HTTP machinery, and a helper module of the built-in
+sinks (the OTLP sink's request deadline). Never another sink: each is registered on its own."""
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -123,11 +125,38 @@ def test_the_core_takes_no_private_name_from_a_sink(path: Path) -> None:
     assert private == [], f"{relative(path)} imports private names"
 
 
+CONTRACT_LOADS = {
+    "forwarder.records": "the record types",
+    "forwarder.catalog": "what a record's event type means (the Prometheus sink's labels)",
+    "forwarder.errors": "the errors a sink raises, and ConfigError",
+    "forwarder.config_values": "the one-variable configuration parsers",
+    "forwarder.retry_after": "the one Retry-After parser and its cap",
+    "forwarder.isolation": "isolating refused records by halving",
+    "forwarder.masking": "URLs without their secrets",
+    "forwarder.metrics": "the metrics registry and the per-request sink metrics",
+    "forwarder.loop_metrics": "the lock-free metric kinds forwarder.metrics is made of",
+}
+"""Everything of the forwarder ``import sinks.base`` may load, and why a sink needs it. The
+core (normalization, configuration of the core, the journal, engines, delivery) is not here:
+the arrow runs from the core to the contract, never back."""
+
+
+def test_sinks_base_loads_only_what_a_sink_needs_from_the_forwarder() -> None:
+    loaded = forwarder_closure(ROOT / "sinks" / "base.py")
+    assert loaded <= set(CONTRACT_LOADS), f"sinks.base loads {sorted(loaded - set(CONTRACT_LOADS))}"
+    assert {"forwarder.records", "forwarder.config_values", "forwarder.metrics"} <= loaded
+
+
+def test_importing_sinks_base_loads_no_more_of_the_forwarder_than_that() -> None:
+    """The same rule, as the interpreter sees it (a fresh process, nothing imported before)."""
+    code = "import sys, sinks.base; print(sorted(m for m in sys.modules if m.startswith('forwarder.')))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert set(ast.literal_eval(done.stdout)) <= set(CONTRACT_LOADS)
+
+
 def test_what_sinks_base_loads_from_the_forwarder_does_not_import_sinks() -> None:
     """No cycle: what the contract re-exports, and all it loads in turn, never needs a sink."""
-    loaded = forwarder_closure(ROOT / "sinks" / "base.py")
-    assert "forwarder.config" in loaded, "sinks.base re-exports the configuration parsers"
-    for module in loaded:
+    for module in forwarder_closure(ROOT / "sinks" / "base.py"):
         path = module_path(module)
         assert path is not None, f"{module} is not a module of the project"
         assert project_imports(path, "sinks") == set(), f"{module} imports sinks: a cycle"
