@@ -32,6 +32,7 @@ from datadog_api_client.v2.model.logs_metric_update_request import LogsMetricUpd
 
 from forwarder.datadog.assets import MANAGED_TAG, MODELS, Asset, Kind, offline_client
 from forwarder.errors import ApplyError
+from sinks.datadog import identity_headers
 
 
 def api_configuration(env: Mapping[str, str]) -> Configuration:
@@ -51,6 +52,14 @@ def api_configuration(env: Mapping[str, str]) -> Configuration:
     if env.get("DD_API_URL"):
         config.host = env["DD_API_URL"].rstrip("/")
     return config
+
+
+def api_client(env: Mapping[str, str]) -> ApiClient:
+    """A Datadog API client that names its sender as every request of the forwarder does
+    (``sinks.datadog.identity_headers``, the one place those headers are made)."""
+    client = ApiClient(api_configuration(env))
+    client.default_headers.update(identity_headers("workos-forwarder-apply"))
+    return client
 
 
 @dataclass

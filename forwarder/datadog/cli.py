@@ -48,16 +48,14 @@ def apply_command(root: Path | None, dry_run: bool) -> None:
     are matched by name among those marked managed-by:workos-forwarder; a second apply
     changes nothing.
     """
-    from datadog_api_client import ApiClient
-
-    from forwarder.datadog.apply import ApplyError, api_configuration, execute, plan
+    from forwarder.datadog.apply import ApplyError, api_client, execute, plan
     from forwarder.datadog.assets import default_root
     from forwarder.datadog.validate import validate
 
     assets, problems = validate(root or default_root())
     _report(problems)
     try:
-        with ApiClient(api_configuration(os.environ)) as client:
+        with api_client(os.environ) as client:
             changes = plan(client, assets)
             for change in changes:
                 where = f" (id {change.remote_id})" if change.remote_id else ""

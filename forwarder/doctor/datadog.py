@@ -19,7 +19,7 @@ from forwarder.config import ConfigError
 from forwarder.doctor.report import Check, failed, passed, skipped, warned
 from forwarder.masking import mask_url
 from sinks.datadog import create as create_sink
-from sinks.datadog import site
+from sinks.datadog import request_headers, site
 
 TIMEOUT_S = 10.0
 TEST_LOG_TAGS = "doctor:true,source:workos,forwarder:workos-forwarder"
@@ -63,7 +63,7 @@ async def check_datadog(env: Mapping[str, str], *, send_test_log: bool) -> list[
     intake = sink.url
     await sink.close()
     key = env["DD_API_KEY"].strip()
-    headers = {"DD-API-KEY": key, "Content-Type": "application/json", "User-Agent": "workos-forwarder-doctor"}
+    headers = request_headers(key, user_agent="workos-forwarder-doctor")
     async with httpx.AsyncClient(headers=headers, timeout=TIMEOUT_S) as client:
         results = [await _validate(client, validate)]
         results.append(await _intake(client, intake))
