@@ -247,24 +247,26 @@ class SplunkHecSink:
                 )
             await asyncio.sleep(self._ack_interval_s)
 
-    async def check_token(self) -> tuple[bool, str]:
-        """``doctor``'s probe: HEC's health, then an empty post (``code`` 5 means the token is good)."""
+    async def check_token(self) -> tuple[bool, str, str]:
+        """``doctor``'s probe: HEC's health, then an empty post, whose ``code`` 5 ("No data")
+        means the token is good. Answers (ok, what was found, the variable to fix)."""
         health = await self.destination.get(self.base_url + HEALTH_PATH)
         if health.status_code != 200:
-            return (
-                False,
-                f"{self.answers.shown_url}: health answered {health.status_code}: {excerpt(health.text)}",
+            found = (
+                f"{self.answers.shown_url}{HEALTH_PATH} answered {health.status_code}: {excerpt(health.text)}"
             )
+            return False, found, "SPLUNK_HEC_URL"
         response, answer = await self.destination.post(self.base_url + EVENT_PATH, b"", meaning=meaning)
         code = answer_code(response)
         if answer is Answer.CREDENTIALS:
             return (
                 False,
-                f"HEC refused the token (HTTP {response.status_code}, code {code}); {FIXES.credentials}",
+                f"HEC refused the token (HTTP {response.status_code}, code {code})",
+                "SPLUNK_HEC_TOKEN",
             )
         if code == 5 or answer is Answer.DELIVERED:
-            return True, f"{self.answers.shown_url} is healthy and accepts the token"
-        return False, f"HEC answered HTTP {response.status_code}: {excerpt(response.text)}; {FIXES.address}"
+            return True, f"{self.answers.shown_url} is healthy and accepts the token", ""
+        return False, f"HEC answered HTTP {response.status_code}: {excerpt(response.text)}", "SPLUNK_HEC_URL"
 
 
 def _json(response: httpx.Response) -> dict[str, object]:

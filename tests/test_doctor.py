@@ -26,6 +26,7 @@ from tests.doubles.datadog_api import DatadogApi
 from tests.doubles.datadog_intake import DatadogIntake
 from tests.doubles.otlp_receiver import OtlpReceiver
 from tests.doubles.reverse_proxy import Mode, ReverseProxy
+from tests.doubles.splunk_hec import SplunkHec
 from tests.doubles.workos_api import API_KEY as WORKOS_KEY
 from tests.doubles.workos_api import WorkOSEventsAPI, api_events
 from tests.postgres import SERVER, journal_schema_or_skip
@@ -59,6 +60,12 @@ def intake() -> Iterator[DatadogIntake]:
 def otlp() -> Iterator[OtlpReceiver]:
     with OtlpReceiver() as receiver:
         yield receiver
+
+
+@pytest.fixture
+def hec() -> Iterator[SplunkHec]:
+    with SplunkHec() as server:
+        yield server
 
 
 @pytest.fixture
@@ -101,6 +108,7 @@ def test_a_complete_healthy_setup_passes_every_check_and_stores_no_probe(
     datadog_api: DatadogApi,
     intake: DatadogIntake,
     otlp: OtlpReceiver,
+    hec: SplunkHec,
     tmp_path: Path,
 ) -> None:
     service = start_service()
@@ -116,6 +124,8 @@ def test_a_complete_healthy_setup_passes_every_check_and_stores_no_probe(
         "DD_API_URL": datadog_api.base_url,
         "DD_LOGS_URL": intake.url,
         "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.base_url,
+        "SPLUNK_HEC_URL": hec.base_url,
+        "SPLUNK_HEC_TOKEN": hec.token,
     }
     run = cli(env, "--url", f"{service.url}{WEBHOOK_PATH}", "--send-test-log", "--json")
     assert run.returncode == 0, run.stdout + run.stderr
@@ -137,6 +147,7 @@ def test_a_complete_healthy_setup_passes_every_check_and_stores_no_probe(
         "datadog intake",
         "datadog test log",
         "otlp",
+        "splunk hec",
         "public path",
         "instance journal",
         "instance sink jsonl",
@@ -146,6 +157,7 @@ def test_a_complete_healthy_setup_passes_every_check_and_stores_no_probe(
     (log,) = intake.received()
     assert "doctor:true" in log["ddtags"]
     assert otlp.requests()[0].records == 0 and otlp.logs() == []
+    assert hec.indexed() == [] and hec.token not in run.stdout
     # The signed probe was verified and answered, and reached no sink and no counter.
     assert service.records() == []
     assert service.status()["journal"]["events"] == 0

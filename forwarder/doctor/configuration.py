@@ -29,8 +29,6 @@ async def check_configuration(env: Mapping[str, str]) -> tuple[Check, Settings |
         ApiSettings.from_env(env)
     except ConfigError as exc:
         return failed(NAME, str(exc), f"correct {exc.variable}"), settings
-    except ValueError as exc:  # two sinks with one name: a plugin packaging problem
-        return failed(NAME, str(exc), "uninstall the duplicate sink plugin"), settings
     await asyncio.gather(*(sink.close() for sink in sinks))
     names = ", ".join(sink.name for sink in sinks) or "none"
     return passed(NAME, f"every variable parses; sinks: {names}"), settings

@@ -22,6 +22,7 @@ SINK_VARIABLES = {
     "datadog": "DD_API_KEY, DD_SITE or DD_LOGS_URL",
     "otlp": "OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_HEADERS",
     "jsonl": "JSONL_OUTPUT",
+    "splunk_hec": "SPLUNK_HEC_URL, SPLUNK_HEC_TOKEN or SPLUNK_HEC_INDEX",
 }
 _ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]"}
 

@@ -15,10 +15,11 @@ from forwarder.doctor.otlp import check_otlp
 from forwarder.doctor.public_path import check_public_path
 from forwarder.doctor.report import Check, failed, skipped
 from forwarder.doctor.secrets import check_webhook_secrets
+from forwarder.doctor.splunk_hec import check_splunk_hec
 from forwarder.doctor.workos import check_api, check_clock
 
 DEFAULT_TOLERANCE_S = 180.0
-_SECRET_VARIABLES = ("WORKOS_API_KEY", "DD_API_KEY", "DD_APP_KEY", "FORWARDER_REDACT_KEY")
+_SECRET_VARIABLES = ("WORKOS_API_KEY", "DD_API_KEY", "DD_APP_KEY", "FORWARDER_REDACT_KEY", "SPLUNK_HEC_TOKEN")
 _HEADER_VARIABLES = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_LOGS_HEADERS")
 _URL_VARIABLES = (
     "FORWARDER_JOURNAL_URL",
@@ -27,6 +28,7 @@ _URL_VARIABLES = (
     "DD_LOGS_URL",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+    "SPLUNK_HEC_URL",
 )
 MIN_REDACTED_LENGTH = 6
 """Shorter values are not masked: replacing every "s" in the report would hide it, and the
@@ -64,6 +66,7 @@ async def run_checks(
     results.extend(await _many("workos api key", check_api(env)))
     results.extend(await _many("datadog", check_datadog(env, send_test_log=send_test_log)))
     results.append(await _one("otlp", check_otlp(env)))
+    results.append(await _one("splunk hec", check_splunk_hec(env)))
     results.append(await _one("public path", check_public_path(url, settings.secrets if settings else ())))
     if settings is None:
         results.append(skipped("instance", "the core settings do not parse (FORWARDER_PORT unknown)"))

@@ -31,6 +31,7 @@ CORE_EXCEPTIONS = {
     # (``sinks.datadog.identity_headers``): one place to change them, ``datadog apply`` included.
     "forwarder/datadog/apply.py": {"sinks.datadog"},
     "forwarder/doctor/otlp.py": {"sinks.otlp"},
+    "forwarder/doctor/splunk_hec.py": {"sinks.splunk_hec"},
 }
 
 SINKS_MAY_IMPORT = {"sinks.base", "sinks.http", "sinks.request_deadline"}
