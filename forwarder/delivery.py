@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import orjson
 
 from forwarder import failpoints, metrics
+from forwarder.backoff import CAP_S
 from forwarder.engines import Lease
 from forwarder.errors import JournalUnavailable, PermanentError, RetryableError
 from forwarder.isolation import Refused, halve
@@ -68,7 +69,7 @@ class DeliveryLoop:
         *,
         max_attempts: int,
         poll_interval_s: float = 0.5,
-        backoff_cap_s: float = 30.0,
+        backoff_cap_s: float = CAP_S,
         max_retry_after_s: float = DEFAULT_CAP_S,
     ) -> None:
         self.sink = sink

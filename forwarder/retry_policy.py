@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 
 from forwarder import metrics
-from forwarder.backoff import backoff_delay
+from forwarder.backoff import CAP_S, backoff_delay
 from forwarder.retry_after import DEFAULT_CAP_S, bounded_wait
 from sinks.base import RetryableError
 
@@ -36,7 +36,7 @@ _UNHEALTHY_BACKOFF_FACTOR = 4
 class RetryPolicy:
     max_attempts: int
     """Sends of a batch that fails (not retryably) before its failing records are isolated."""
-    backoff_cap_s: float = 30.0
+    backoff_cap_s: float = CAP_S
     max_retry_after_s: float = DEFAULT_CAP_S
 
     def after_retryable(self, exc: RetryableError, retries: int) -> float:

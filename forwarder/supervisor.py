@@ -21,8 +21,6 @@ from forwarder.backoff import backoff_delay
 
 logger = logging.getLogger("forwarder.supervisor")
 
-_BACKOFF_BASE_S = 0.5
-_BACKOFF_CAP_S = 30.0
 _HEALTHY_AFTER_S = 60.0
 """A run that lasted this long before failing starts the backoff from the beginning again."""
 
@@ -99,4 +97,4 @@ async def supervise(
         )
         if on_failure is not None:
             on_failure(task.last_error)
-        await asyncio.sleep(backoff_delay(attempt, base=_BACKOFF_BASE_S, cap=_BACKOFF_CAP_S))
+        await asyncio.sleep(backoff_delay(attempt))

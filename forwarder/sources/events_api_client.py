@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import orjson
 
-from forwarder.backoff import backoff_delay
+from forwarder.backoff import EVENTS_API_BASE_S, EVENTS_API_CAP_S, backoff_delay
 from forwarder.errors import ApiRejected, ApiUnavailable
 from forwarder.masking import mask_url
 from forwarder.retry_after import DEFAULT_CAP_S, retry_after_seconds
@@ -122,7 +122,7 @@ class EventsApiClient:
             failures += 1
             if failures >= self._max_attempts:
                 raise ApiUnavailable(f"{reason}; gave up after {failures} attempts")
-            await self._wait(reason, backoff_delay(failures, base=1.0, cap=60.0))
+            await self._wait(reason, backoff_delay(failures, base=EVENTS_API_BASE_S, cap=EVENTS_API_CAP_S))
 
     async def _wait(self, reason: str, seconds: float) -> None:
         if self._on_wait is not None:
