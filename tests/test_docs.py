@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 DOCS = ROOT / "docs"
 PAGES = sorted([ROOT / "README.md", *DOCS.glob("*.md")])
-_VARIABLE = re.compile(r"""["']((?:WORKOS|FORWARDER|JSONL|PROMETHEUS|DD|OTLP|OTEL)_[A-Z0-9_]+)["']""")
+_VARIABLE = re.compile(r"""["']((?:WORKOS|FORWARDER|JSONL|PROMETHEUS|DD|OTLP|OTEL|SPLUNK)_[A-Z0-9_]+)["']""")
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
 _CODE_BLOCK = re.compile(r"^```.*?^```", re.S | re.M)
 
