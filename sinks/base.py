@@ -49,7 +49,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 from forwarder.catalog import metric_labels
 from forwarder.config_values import choice, duration, integer, max_retry_after, switch
 from forwarder.errors import ConfigError, PermanentError, RetryableError, SinkContractError, SinkError
-from forwarder.isolation import Refused, halve, isolate
+from forwarder.isolation import Attempt, Refused, halve, isolate
 from forwarder.masking import mask_url
 from forwarder.metrics import REGISTRY as METRICS_REGISTRY
 from forwarder.metrics import SINK_BYTES, SINK_LAST_SUCCESS, SINK_REQUESTS, SINK_RETRIES
@@ -64,6 +64,7 @@ __all__ = [
     "SINK_LAST_SUCCESS",
     "SINK_REQUESTS",
     "SINK_RETRIES",
+    "Attempt",
     "ConfigError",
     "EventFilter",
     "PermanentError",

@@ -12,7 +12,8 @@
   requests in flight) with a deadline for the whole request: httpx's timeouts are per read,
   so without it a destination answering byte by byte would hold the sink forever.
 * ``chunks`` and ``gzip``: payload caps by count and bytes, and compression off the event
-  loop.
+  loop; ``isolate_each`` sends the requests of one batch at once, each isolating what it
+  refuses, and ``not_delivered`` names those records to the delivery loop.
 
 A sink that speaks its own protocol on top (Splunk HEC's ``code``) passes its own
 ``classify`` to ``HttpDestination.post``.
@@ -37,8 +38,10 @@ from sinks.base import (
     SINK_LAST_SUCCESS,
     SINK_REQUESTS,
     SINK_RETRIES,
+    Attempt,
     PermanentError,
     RetryableError,
+    isolate,
     mask_url,
     retry_after_from_headers,
     run_in_background,
@@ -250,6 +253,29 @@ def chunks(
 async def gzip(body: bytes, level: int) -> bytes:
     """``body`` gzipped at ``level`` (zlib-ng: zlib's sizes in about 60% of its CPU), off the loop."""
     return await run_in_background(gzip_ng.compress, body, level)
+
+
+async def isolate_each(requests: Sequence[Sequence[T]], attempt: Attempt[T]) -> list[tuple[T, str]]:
+    """Send every request at once, each through ``isolate``; the items refused on their own.
+
+    After all have finished, one ``RetryableError`` when any must be retried (``merge``): the
+    delivery loop then retries the batch, while a sink may remember what was accepted.
+    """
+    results = await asyncio.gather(
+        *(isolate(request, attempt) for request in requests), return_exceptions=True
+    )
+    retryable: list[RetryableError] = []
+    refused: list[tuple[T, str]] = []
+    for result in results:
+        if isinstance(result, RetryableError):
+            retryable.append(result)
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            refused += result
+    if retryable:
+        raise merge(retryable)
+    return refused
 
 
 def merge(errors: Sequence[RetryableError]) -> RetryableError:

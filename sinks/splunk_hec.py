@@ -50,7 +50,17 @@ from sinks.base import (
     max_retry_after,
     switch,
 )
-from sinks.http import Answer, Answers, Fixes, HttpDestination, chunks, excerpt, gzip, merge, not_delivered
+from sinks.http import (
+    Answer,
+    Answers,
+    Fixes,
+    HttpDestination,
+    chunks,
+    excerpt,
+    gzip,
+    isolate_each,
+    not_delivered,
+)
 
 EVENT_PATH = "/services/collector/event"
 ACK_PATH = "/services/collector/ack"
@@ -162,25 +172,11 @@ class SplunkHecSink:
         events = [_Event(record.event_id, self._event(record)) for record in batch]
         requests = chunks(events, _size, max_items=MAX_BATCH, max_bytes=MAX_REQUEST_BYTES, separator=1)
         ack_ids: list[int] = []
-        results = await asyncio.gather(
-            *(isolate(request, functools.partial(self._attempt, ack_ids=ack_ids)) for request in requests),
-            return_exceptions=True,
-        )
-        refused: list[tuple[str, str]] = []
-        retryable = []
-        for result in results:
-            if isinstance(result, RetryableError):
-                retryable.append(result)
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                refused += [(event.event_id, reason) for event, reason in result]
-        if retryable:
-            raise merge(retryable)
+        refused = await isolate_each(requests, functools.partial(self._attempt, ack_ids=ack_ids))
         if self.ack and ack_ids:
             await self._acknowledged(ack_ids)
         if refused:
-            raise not_delivered(self.name, refused)
+            raise not_delivered(self.name, [(event.event_id, reason) for event, reason in refused])
 
     async def close(self) -> None:
         await self.destination.aclose()

@@ -57,6 +57,17 @@ async def make_sink(hec: SplunkHec, **extra: str) -> splunk_hec.SplunkHecSink:
     return sink
 
 
+async def retryable_send(hec: SplunkHec, **extra: str) -> RetryableError:
+    """The error a sink with these settings raises for one record."""
+    sink = await make_sink(hec, **extra)
+    try:
+        with pytest.raises(RetryableError) as raised:
+            await sink.send(stored([record()]))
+    finally:
+        await sink.close()
+    return raised.value
+
+
 # --- settings ---------------------------------------------------------------------------------
 
 
@@ -125,15 +136,10 @@ async def test_an_invalid_token_is_unhealthy_names_the_variable_and_never_shows_
     hec: SplunkHec,
 ) -> None:
     hec.token = "another-token"
-    sink = await make_sink(hec)
-    try:
-        with pytest.raises(RetryableError) as raised:
-            await sink.send(stored([record()]))
-    finally:
-        await sink.close()
-    assert raised.value.unhealthy
-    assert "SPLUNK_HEC_TOKEN" in raised.value.reason
-    assert TOKEN not in raised.value.reason
+    error = await retryable_send(hec)
+    assert error.unhealthy
+    assert "SPLUNK_HEC_TOKEN" in error.reason
+    assert TOKEN not in error.reason
     assert hec.statuses == [403]
 
 
@@ -175,14 +181,9 @@ async def test_a_busy_collector_is_retried_with_nothing_refused(hec: SplunkHec) 
 
 
 async def test_an_unknown_index_names_splunk_hec_index(hec: SplunkHec) -> None:
-    sink = await make_sink(hec, SPLUNK_HEC_INDEX="nope")
-    try:
-        with pytest.raises(RetryableError) as raised:
-            await sink.send(stored([record()]))
-    finally:
-        await sink.close()
-    assert raised.value.unhealthy
-    assert "SPLUNK_HEC_INDEX" in raised.value.reason
+    error = await retryable_send(hec, SPLUNK_HEC_INDEX="nope")
+    assert error.unhealthy
+    assert "SPLUNK_HEC_INDEX" in error.reason
 
 
 async def test_with_acknowledgment_a_batch_counts_only_once_indexed(hec: SplunkHec) -> None:
@@ -209,13 +210,8 @@ async def test_with_acknowledgment_a_batch_counts_only_once_indexed(hec: SplunkH
 
 
 async def test_acknowledgment_on_a_token_without_it_names_the_setting(hec: SplunkHec) -> None:
-    sink = await make_sink(hec, SPLUNK_HEC_ACK="on")
-    try:
-        with pytest.raises(RetryableError) as raised:
-            await sink.send(stored([record()]))
-    finally:
-        await sink.close()
-    assert raised.value.unhealthy and "SPLUNK_HEC_ACK" in raised.value.reason
+    error = await retryable_send(hec, SPLUNK_HEC_ACK="on")
+    assert error.unhealthy and "SPLUNK_HEC_ACK" in error.reason
 
 
 async def test_doctor_probe_tells_a_good_token_from_a_bad_one(hec: SplunkHec) -> None:

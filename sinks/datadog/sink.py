@@ -14,7 +14,6 @@ the metrics are ``sinks.http``'s; retrying and sleeping are the loop's job.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.metadata
 import logging
 import time
@@ -29,8 +28,6 @@ from sinks.base import (
     EventFilter,
     Record,
     Refused,
-    RetryableError,
-    isolate,
     run_in_background,
 )
 from sinks.datadog.records import MAX_LOG_BYTES, maybe_too_deep, outside_window, rewrite
@@ -42,7 +39,7 @@ from sinks.http import (
     chunks,
     excerpt,
     gzip,
-    merge,
+    isolate_each,
     not_delivered,
 )
 
@@ -142,23 +139,9 @@ class DatadogSink:
         requests = chunks(
             prepared, _size, max_items=MAX_ENTRIES, max_bytes=MAX_REQUEST_BYTES, framing=2, separator=1
         )
-        results = await asyncio.gather(
-            *(isolate(request, self._attempt) for request in requests), return_exceptions=True
-        )
-        retryable = []
-        for result in results:
-            if isinstance(result, RetryableError):
-                retryable.append(result)
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                for item, reason in result:
-                    logger.warning(
-                        "datadog rejected a record", extra={"sink": self.name, "event_id": item.event_id}
-                    )
-                    refused.append((item.event_id, reason))
-        if retryable:
-            raise merge(retryable)
+        for item, reason in await isolate_each(requests, self._attempt):
+            logger.warning("datadog rejected a record", extra={"sink": self.name, "event_id": item.event_id})
+            refused.append((item.event_id, reason))
         self._accepted.clear()
         if refused:
             raise not_delivered(self.name, refused)
