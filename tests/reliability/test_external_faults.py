@@ -301,7 +301,7 @@ def test_unwritable_jsonl_file_shows_in_status_others_deliver_and_it_catches_up(
 
 SHUTDOWN_TIMEOUT_S = 3
 OTLP_TIMEOUT_S = 3
-# The Datadog sink's own request timeout is 30 s (sinks/datadog.py REQUEST_TIMEOUT); allow 15 s more.
+# The Datadog sink's own request timeout is 30 s (sinks/datadog/sink.py REQUEST_DEADLINE_S); allow 15 s more.
 FAILING_SHOWN_WITHIN_S = 45
 
 
