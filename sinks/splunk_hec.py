@@ -202,7 +202,7 @@ class SplunkHecSink:
                     )
                 ack_ids.append(ack_id)
             return None
-        status, code, detail = response.status_code, answer_code(response), excerpt(response.text)
+        status, detail = response.status_code, excerpt(response.text)
         if answer is Answer.REFUSED:
             bad = _json(response).get("invalid-event-number")
             if isinstance(bad, int) and 0 <= bad < len(events) and len(events) > 1:
@@ -212,8 +212,15 @@ class SplunkHecSink:
                 return Refused(reason, [(events[bad], reason), *again])
             about = f" for event {events[0].event_id}" if len(events) == 1 else ""
             return Refused(f"{self.name}: HTTP {status}{about}: {detail}")
+        raise self._error(response, answer)
+
+    def _error(self, response: httpx.Response, answer: Answer) -> RetryableError:
+        """The error for an answer that delivered nothing, naming the variable HEC's code points at."""
+        code = answer_code(response)
         fix = _FIX_BY_CODE.get(code) if code is not None else None
-        raise self.answers.error(status, answer, detail, headers=response.headers, fix=fix)
+        return self.answers.error(
+            response.status_code, answer, excerpt(response.text), headers=response.headers, fix=fix
+        )
 
     async def _acknowledged(self, ack_ids: list[int]) -> None:
         """Wait until HEC says every id is indexed; RetryableError past the ack timeout."""
@@ -228,9 +235,7 @@ class SplunkHecSink:
                 meaning=meaning,
             )
             if answer is not Answer.DELIVERED:
-                raise self.answers.error(
-                    response.status_code, answer, excerpt(response.text), headers=response.headers
-                )
+                raise self._error(response, answer)
             acks = _json(response).get("acks")
             if isinstance(acks, dict):
                 waiting -= {ack_id for ack_id in waiting if acks.get(str(ack_id)) is True}
