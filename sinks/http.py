@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -168,7 +169,7 @@ class HttpDestination:
         headers: Mapping[str, str],
         max_in_flight: int = 4,
         deadline_s: float = DEFAULT_DEADLINE_S,
-        verify: bool | str = True,
+        verify: bool | ssl.SSLContext = True,
     ) -> None:
         self.answers = answers
         self.deadline_s = deadline_s

@@ -27,11 +27,11 @@ import asyncio
 import functools
 import math
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -138,7 +138,7 @@ class SplunkHecSink:
         sourcetype: str = DEFAULT_SOURCETYPE,
         index: str | None = None,
         compression_level: int = 6,
-        verify: bool | str = True,
+        verify: bool | ssl.SSLContext = True,
         ack: bool = False,
         ack_timeout_s: float = 60.0,
         ack_interval_s: float = 1.0,
@@ -278,19 +278,21 @@ def _json(response: httpx.Response) -> dict[str, object]:
     return value if isinstance(value, dict) else {}
 
 
-def _tls_verify(env: Mapping[str, str]) -> bool | str:
+def _tls_verify(env: Mapping[str, str]) -> bool | ssl.SSLContext:
     """``SPLUNK_HEC_TLS_VERIFY`` (on) and ``SPLUNK_HEC_TLS_CA_FILE``, as Vector's ``tls.verify_certificate``
     and ``tls.ca_file``: HEC often has a self-signed certificate; trust its CA rather than turn checks off."""
-    ca_file = env.get("SPLUNK_HEC_TLS_CA_FILE", "").strip()
     if not switch(env, "SPLUNK_HEC_TLS_VERIFY", True):
         return False
-    if ca_file:
-        if not Path(ca_file).is_file():
-            raise ConfigError(
-                "SPLUNK_HEC_TLS_CA_FILE", f"{ca_file!r} is not a readable file; give the CA's PEM file"
-            )
-        return ca_file
-    return True
+    ca_file = env.get("SPLUNK_HEC_TLS_CA_FILE", "").strip()
+    if not ca_file:
+        return True
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            "SPLUNK_HEC_TLS_CA_FILE",
+            f"cannot read {ca_file!r} as PEM certificates ({exc}); give the CA's PEM file",
+        ) from None
 
 
 def create(env: Mapping[str, str]) -> SplunkHecSink | None:

@@ -8,6 +8,7 @@ indexer acknowledgment on, every webhook the forwarder acknowledged is indexed.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -225,6 +226,32 @@ async def test_doctor_probe_tells_a_good_token_from_a_bad_one(hec: SplunkHec) ->
         assert TOKEN not in detail
     finally:
         await sink.close()
+
+
+def self_signed(into: Path) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 signed by itself, as a fresh HEC install has one."""
+    certificate, key = into / "hec.pem", into / "hec.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(certificate)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return str(certificate), str(key)
+
+
+async def test_tls_is_verified_and_a_self_signed_hec_is_trusted_through_its_ca_file(tmp_path: Path) -> None:
+    hec = SplunkHec(TOKEN)
+    hec.tls = self_signed(tmp_path)
+    with hec:
+        refused = await retryable_send(hec)  # verified against the system CAs: refused
+        assert "cannot reach" in refused.reason and not refused.unhealthy
+        for settings in ({"SPLUNK_HEC_TLS_CA_FILE": hec.tls[0]}, {"SPLUNK_HEC_TLS_VERIFY": "off"}):
+            sink = await make_sink(hec, **settings)
+            try:
+                await sink.send(stored([record()]))
+            finally:
+                await sink.close()
+        assert len(hec.indexed()) == 2
 
 
 # --- the delivery loop --------------------------------------------------------------------------
