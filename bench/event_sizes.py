@@ -67,7 +67,7 @@ def _raw_attributes(user: int) -> dict[str, Any]:
                 "region": "CA",
                 "postalCode": "94105",
                 "country": "US",
-                "formatted": "1234 Long Street Name Boulevard, Building 7, Floor 12\nSan Francisco, CA 94105 US",
+                "formatted": "1234 Long Street Name Boulevard, Building 7\nSan Francisco, CA 94105 US",
                 "primary": kind == "work",
             }
             for kind in ("work", "home")
@@ -171,7 +171,8 @@ def group_user_added() -> dict[str, Any]:
 
 
 def main() -> None:
-    for name, event in (("dsync.user.updated", user_updated()), ("dsync.group.user_added", group_user_added())):
+    events = (("dsync.user.updated", user_updated()), ("dsync.group.user_added", group_user_added()))
+    for name, event in events:
         print(f"{name}: {len(orjson.dumps(event)):,} bytes")
 
 

@@ -87,10 +87,11 @@ so the webhook answers and counts its 408 itself; the edge's catches every other
 QUIET_S = 1.0
 """At the buffered-bytes bound, a body still arriving is cut for another only once it has sent
 nothing for this long: two senders both pushing at full speed do not cut each other."""
-MAX_PIPELINED = 8
-"""Requests one connection may queue behind the one the application holds. WorkOS, Prometheus
-and Kubernetes probes never pipeline; each queued request holds a few kilobytes (its scope,
-headers and cycle) until the ones before it are answered and read."""
+MAX_PIPELINED = 2
+"""Requests one connection may queue behind the one the application holds; past that it is
+closed. WorkOS, Prometheus and Kubernetes probes never pipeline. Each queued request is work
+the event loop does in a burst: 1,000 connections pipelining 8 ``GET /metrics`` each delayed
+``/healthz`` by 2 s, and by under 0.5 s at 2."""
 RETRY_AFTER_S = 1
 REJECTION_REASONS = (
     "header_too_large",
