@@ -23,7 +23,7 @@ import pytest
 from forwarder.config import ConfigError, Settings
 from forwarder.signature import sign
 from tests.samples import make_event
-from tests.service import SECRET, Service, kill_quietly, wait_for
+from tests.service import SECRET, Service, free_port, kill_quietly, wait_for
 
 StartService = Callable[..., Service]
 HEAD = b"POST /webhooks/workos HTTP/1.1\r\nHost: x\r\n"
@@ -339,9 +339,42 @@ def test_at_the_cap_a_body_still_arriving_is_evicted_for_a_webhook(start_service
         ("FORWARDER_MAX_HEADER_BYTES", "100"),
         ("FORWARDER_MAX_CONNECTIONS", "0"),
         ("FORWARDER_KEEPALIVE_TIMEOUT", "soon"),
+        ("FORWARDER_ADMIN_PORT", "8080"),
+        ("FORWARDER_ADMIN_PORT", "70000"),
+        ("FORWARDER_MAX_BUFFERED_BYTES", "1000"),
+        ("FORWARDER_MIN_BODY_RATE", "fast"),
     ],
 )
 def test_bad_edge_settings_name_the_variable(variable: str, value: str) -> None:
     with pytest.raises(ConfigError) as raised:
         Settings.from_env({"WORKOS_WEBHOOK_SECRET": SECRET, variable: value})
     assert raised.value.variable == variable
+
+
+def test_the_admin_listener_takes_metrics_and_status_off_the_public_port(start_service: StartService) -> None:
+    admin_port = free_port()
+    service = start_service(FORWARDER_ADMIN_PORT=str(admin_port))
+    admin = f"http://127.0.0.1:{admin_port}"
+    assert service.post(make_event("user.created")).status_code == 200
+    for path in ("/metrics", "/status"):
+        assert httpx.get(f"{service.url}{path}", timeout=5).status_code == 404
+        assert httpx.get(f"{admin}{path}", timeout=5).status_code == 200
+    for base in (service.url, admin):
+        assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+        assert httpx.get(f"{base}/readyz", timeout=5).status_code == 200
+    body = orjson.dumps(make_event("user.created"))
+    on_admin = httpx.post(
+        f"{admin}/webhooks/workos", content=body, headers={"workos-signature": sign(body, SECRET)}, timeout=5
+    )
+    assert on_admin.status_code == 404  # the webhook is on the public port only
+    assert 'workos_webhook_requests_total{result="accepted"} 1.0' in httpx.get(f"{admin}/metrics").text
+
+
+def test_an_admin_port_already_taken_exits_2_naming_the_variable(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        service = Service(data_dir=tmp_path / "svc", env={"FORWARDER_ADMIN_PORT": str(port)})
+        service.start(wait=False)
+        assert service.proc is not None
+        assert service.proc.wait(20) == 2
+    assert "FORWARDER_ADMIN_PORT" in service.stderr_path.read_text()
