@@ -241,10 +241,12 @@ def buffered_bodies(connections: int, sent: int = 990_000, declared: int = 1_000
 
 
 def pipelined_unread(connections: int, pipelined: int = 3, path: str = "/metrics") -> Attack:
-    """Slow read: ``pipelined`` requests at once on a 4 KiB receive window, never read."""
+    """Slow read: ``pipelined`` requests at once on a 4 KiB receive window, never read; a closed
+    connection is reopened a second later (at once, it is a plain request flood)."""
     request = f"GET {path} HTTP/1.1\r\nHost: forwarder\r\n\r\n".encode()
     return _many(
-        connections, lambda port, stop: _hold(port, stop, request * pipelined, b"", 0.5, rcvbuf=4096)
+        connections,
+        lambda port, stop: _hold(port, stop, request * pipelined, b"", 0.5, rcvbuf=4096, reopen_s=1.0),
     )
 
 
