@@ -300,9 +300,11 @@ async def run_attack(
         asyncio.create_task(signed_client(port, secret, stop, out)),
         asyncio.create_task(watch(pid, port, stop, out)),
     ]
+    started = time.monotonic()
     await asyncio.get_running_loop().run_in_executor(None, attacker.join, seconds + 30)
     if attacker.is_alive():
         attacker.kill()
+    await asyncio.sleep(max(0.0, seconds - (time.monotonic() - started)))  # an attack that gave up early
     stop.set()
     await asyncio.gather(*tasks)
     ended = time.monotonic()
