@@ -38,7 +38,8 @@ RUN groupadd --system --gid ${UID} workos-forwarder \
  && chmod 0700 /var/lib/workos-forwarder
 COPY --from=build /opt/workos-forwarder /opt/workos-forwarder
 
-# Listen on every interface inside the container; the journal in the volume below. Python
+# Listen on every interface inside the container: webhooks on 8080; probes, /metrics and
+# /status on the admin listener, 8081 (keep it off the internet); the journal in the volume below. Python
 # writes nothing at run time (bytecode was compiled at install), so the root file system can
 # be mounted read-only. No secret is set here: WORKOS_WEBHOOK_SECRET comes at run time.
 ENV PATH=/opt/workos-forwarder/bin:$PATH \
@@ -46,11 +47,13 @@ ENV PATH=/opt/workos-forwarder/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     FORWARDER_HOST=0.0.0.0 \
     FORWARDER_PORT=8080 \
+    FORWARDER_ADMIN_HOST=0.0.0.0 \
+    FORWARDER_ADMIN_PORT=8081 \
     FORWARDER_DATA_DIR=/var/lib/workos-forwarder
 VOLUME ["/var/lib/workos-forwarder"]
 WORKDIR /var/lib/workos-forwarder
 USER ${UID}:${UID}
-EXPOSE 8080
+EXPOSE 8080 8081
 # The service is PID 1 itself (exec form, no shell in between): uvicorn handles SIGTERM and
 # SIGINT (drain, then exit 0), the forwarder SIGHUP (reopen files); it starts no child
 # processes, so there is nothing to reap.

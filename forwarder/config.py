@@ -43,6 +43,10 @@ __all__ = [
     "switch",
 ]
 
+DEFAULT_MAX_BODY_BYTES = 256 * 1024
+"""Four times the largest event measured with the WorkOS SDK's models (``python -m
+bench.event_sizes``; docs/security.md says why)."""
+
 
 def load_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The process environment merged over the optional ``FORWARDER_CONFIG`` TOML file."""
@@ -80,10 +84,14 @@ class Settings:
     signature_tolerance_s: float
     max_body_bytes: int
     body_timeout_s: float
+    min_body_rate: int
+    max_buffered_bytes: int
     max_header_bytes: int
     header_timeout_s: float
     keepalive_timeout_s: float
     max_connections: int
+    admin_host: str
+    admin_port: int | None
     data_dir: Path
     journal_url: str
     sqlite_synchronous: str
@@ -117,13 +125,19 @@ class Settings:
             port=integer(env, "FORWARDER_PORT", 8080, minimum=0),
             webhook_path=webhook_path,
             signature_tolerance_s=duration(env, "FORWARDER_SIGNATURE_TOLERANCE", "180s"),
-            max_body_bytes=integer(env, "FORWARDER_MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
+            max_body_bytes=integer(env, "FORWARDER_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1024),
             body_timeout_s=duration(env, "FORWARDER_BODY_TIMEOUT", "10s"),
+            min_body_rate=integer(env, "FORWARDER_MIN_BODY_RATE", 500),
+            max_buffered_bytes=integer(
+                env, "FORWARDER_MAX_BUFFERED_BYTES", 32 * 1024 * 1024, minimum=64 * 1024
+            ),
             # The HTTP edge (forwarder/http_edge.py): what one unauthenticated client can hold.
             max_header_bytes=integer(env, "FORWARDER_MAX_HEADER_BYTES", 16 * 1024, minimum=1024),
             header_timeout_s=_positive(env, "FORWARDER_HEADER_TIMEOUT", "10s"),
             keepalive_timeout_s=duration(env, "FORWARDER_KEEPALIVE_TIMEOUT", "5s"),
             max_connections=integer(env, "FORWARDER_MAX_CONNECTIONS", 1000, minimum=1),
+            admin_host=env.get("FORWARDER_ADMIN_HOST", "127.0.0.1"),
+            admin_port=_admin_port(env),
             data_dir=data_dir,
             journal_url=env.get("FORWARDER_JOURNAL_URL") or f"sqlite:///{data_dir / 'journal.sqlite3'}",
             sqlite_synchronous=choice(env, "FORWARDER_SQLITE_SYNCHRONOUS", "full", ("full", "normal")),
@@ -140,6 +154,20 @@ class Settings:
                 redaction=_redactor(env),
             ),
         )
+
+
+def _admin_port(env: Mapping[str, str]) -> int | None:
+    """``FORWARDER_ADMIN_PORT``: unset, /metrics and /status share the public port."""
+    if not env.get("FORWARDER_ADMIN_PORT", "").strip():
+        return None
+    port = integer(env, "FORWARDER_ADMIN_PORT", 0, minimum=1)
+    if port > 65535:
+        raise ConfigError("FORWARDER_ADMIN_PORT", f"{port} is not a TCP port (1-65535)")
+    if port == integer(env, "FORWARDER_PORT", 8080, minimum=0):
+        raise ConfigError(
+            "FORWARDER_ADMIN_PORT", f"{port} is FORWARDER_PORT too; choose another port (e.g. 8081)"
+        )
+    return port
 
 
 def _positive(env: Mapping[str, str], variable: str, default: str) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import socket
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -15,8 +16,8 @@ from typing import Any, Literal
 import uvicorn
 
 from forwarder import http_edge
-from forwarder.config import Settings
-from forwarder.service import Forwarder, build_app
+from forwarder.config import ConfigError, Settings
+from forwarder.service import AdminSplit, Forwarder, build_app
 
 logger = logging.getLogger("forwarder.service")
 
@@ -52,6 +53,12 @@ def server_config(
 def serve(settings: Settings, env: Mapping[str, str]) -> None:
     # Before anything opens a descriptor: the connection cap is fitted to the limit in force.
     soft_limit = http_edge.raise_descriptor_limit()
+    sockets = None
+    if settings.admin_port is not None:  # bound before the journal opens: a busy port exits at once
+        sockets = [
+            listen(settings.host, settings.port, "FORWARDER_PORT"),
+            listen(settings.admin_host, settings.admin_port, "FORWARDER_ADMIN_PORT"),
+        ]
     app = build_app(settings, env)
     config = server_config(
         app,
@@ -61,6 +68,15 @@ def serve(settings: Settings, env: Mapping[str, str]) -> None:
         shutdown_timeout_s=settings.shutdown_timeout_s,
         limits=http_edge.fit_to_descriptors(http_edge.EdgeLimits.from_settings(settings), soft_limit),
     )
+    if sockets is not None and isinstance(app, AdminSplit):
+        app.admin_port = sockets[1].getsockname()[1]
+        logger.info(
+            "listening",
+            extra={
+                "public": f"{settings.host}:{sockets[0].getsockname()[1]}",
+                "admin": f"{settings.admin_host}:{app.admin_port}",
+            },
+        )
     # Every request allocates a few hundred container objects that reference counting frees;
     # at the default threshold (700) the cyclic GC still ran young collections thousands of
     # times a second and full ones every few seconds (8% of the core in the benchmark).
@@ -70,7 +86,28 @@ def serve(settings: Settings, env: Mapping[str, str]) -> None:
     # decoded batch) pile up: RSS grew 0.3 MB/s while a sink was down.
     gc.set_threshold(10_000, 10, 10)
     gc.freeze()
-    DrainingServer(config, app.app.state.forwarder).run()
+    DrainingServer(config, app.app.state.forwarder).run(sockets=sockets)
+
+
+def listen(host: str, port: int, variable: str) -> socket.socket:
+    """A bound TCP socket for uvicorn (which listens on it), or a ConfigError naming ``variable``.
+
+    uvicorn binds ``host:port`` itself when it serves one listener; with the admin listener it
+    is handed both sockets, so binding, and its error, are ours.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        raise ConfigError(
+            variable, f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose a free port"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 class DrainingServer(uvicorn.Server):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import resource
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ import pytest
 from forwarder.config import ConfigError, Settings
 from forwarder.signature import sign
 from tests.samples import make_event
-from tests.service import SECRET, Service, kill_quietly, wait_for
+from tests.service import SECRET, Service, free_port, kill_quietly, wait_for
 
 StartService = Callable[..., Service]
 HEAD = b"POST /webhooks/workos HTTP/1.1\r\nHost: x\r\n"
@@ -117,7 +118,7 @@ def test_64_kib_of_headers_is_431_and_closed_while_15_kib_is_served(service: Ser
 def test_a_large_webhook_arriving_with_its_head_in_one_read_is_served(service: Service) -> None:
     """Only the head counts against the cap, even when the body comes in the same read."""
     with connect(service) as sock:
-        sock.sendall(signed_request(padding=600_000))
+        sock.sendall(signed_request(padding=200_000))
         assert read_response(sock).startswith(b"HTTP/1.1 200")
 
 
@@ -260,7 +261,7 @@ def test_idle_connections_beyond_the_cap_do_not_starve_webhooks(tmp_path: Path) 
     assert descriptors < 256 - 32
     log = service.stderr_path.read_text()
     assert "FORWARDER_MAX_CONNECTIONS lowered to fit the descriptor limit" in log
-    assert "connection cap reached: closed the connection idle the longest" in log
+    assert "connection cap reached: closed the connection that made no progress the longest" in log
 
 
 def test_the_soft_descriptor_limit_is_raised_to_the_hard_limit_at_start(tmp_path: Path) -> None:
@@ -281,9 +282,34 @@ def test_the_soft_descriptor_limit_is_raised_to_the_hard_limit_at_start(tmp_path
     assert "descriptor limit raised to the hard limit" in service.stderr_path.read_text()
 
 
-def test_at_the_cap_with_every_request_in_flight_a_new_connection_gets_503(
+def test_at_the_cap_with_every_whole_request_in_flight_a_new_connection_gets_503(
     start_service: StartService,
 ) -> None:
+    """Three whole webhooks wait for a journal another connection holds locked: nothing to evict."""
+    service = start_service(FORWARDER_MAX_CONNECTIONS="3")
+    lock = sqlite3.connect(service.data_dir / "journal.sqlite3", isolation_level=None)
+    busy = [connect(service) for _ in range(3)]
+    try:
+        lock.execute("BEGIN IMMEDIATE")  # the journal's writer now waits for this lock
+        for sock in busy:
+            sock.sendall(signed_request())
+        time.sleep(0.5)
+        with connect(service) as extra:
+            answer = read_until_closed(extra, within=5)
+        assert answer.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in answer
+        lock.execute("ROLLBACK")
+        for sock in busy:
+            assert read_response(sock).startswith(b"HTTP/1.1 200")
+    finally:
+        lock.close()
+        for sock in busy:
+            sock.close()
+    wait_for(lambda: service.post(make_event("user.created")).status_code == 200, what="a slot free again")
+    assert service.metric("workos_forwarder_http_rejected_total", reason="over_capacity") >= 1
+
+
+def test_at_the_cap_a_body_still_arriving_is_evicted_for_a_webhook(start_service: StartService) -> None:
+    """A head with a body that does not come holds no slot a webhook needs: slowest first."""
     service = start_service(FORWARDER_MAX_CONNECTIONS="3")
     body = orjson.dumps(make_event("user.created"))
     partial = (
@@ -291,20 +317,19 @@ def test_at_the_cap_with_every_request_in_flight_a_new_connection_gets_503(
         + f"WorkOS-Signature: {sign(body, SECRET)}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
         + body[:5]
     )
-    busy = [connect(service) for _ in range(3)]
+    slow = [connect(service) for _ in range(3)]
     try:
-        for sock in busy:
-            sock.sendall(partial)  # each webhook now waits for its body in the application
-        time.sleep(0.3)
-        with connect(service) as extra:
-            assert read_until_closed(extra, within=5).startswith(b"HTTP/1.1 503")
-        for sock in busy:
-            sock.sendall(body[5:])
-            assert read_response(sock).startswith(b"HTTP/1.1 200")
+        for sock in slow:
+            sock.sendall(partial)
+            time.sleep(0.05)
+        with connect(service) as webhook:
+            webhook.sendall(signed_request())
+            assert read_response(webhook).startswith(b"HTTP/1.1 200")
+        assert read_until_closed(slow[0], within=5) == b""  # the one quiet the longest
     finally:
-        for sock in busy:
+        for sock in slow:
             sock.close()
-    wait_for(lambda: service.post(make_event("user.created")).status_code == 200, what="a slot free again")
+    assert service.metric("workos_forwarder_http_rejected_total", reason="evicted") >= 1
 
 
 @pytest.mark.parametrize(
@@ -314,9 +339,42 @@ def test_at_the_cap_with_every_request_in_flight_a_new_connection_gets_503(
         ("FORWARDER_MAX_HEADER_BYTES", "100"),
         ("FORWARDER_MAX_CONNECTIONS", "0"),
         ("FORWARDER_KEEPALIVE_TIMEOUT", "soon"),
+        ("FORWARDER_ADMIN_PORT", "8080"),
+        ("FORWARDER_ADMIN_PORT", "70000"),
+        ("FORWARDER_MAX_BUFFERED_BYTES", "1000"),
+        ("FORWARDER_MIN_BODY_RATE", "fast"),
     ],
 )
 def test_bad_edge_settings_name_the_variable(variable: str, value: str) -> None:
     with pytest.raises(ConfigError) as raised:
         Settings.from_env({"WORKOS_WEBHOOK_SECRET": SECRET, variable: value})
     assert raised.value.variable == variable
+
+
+def test_the_admin_listener_takes_metrics_and_status_off_the_public_port(start_service: StartService) -> None:
+    admin_port = free_port()
+    service = start_service(FORWARDER_ADMIN_PORT=str(admin_port))
+    admin = f"http://127.0.0.1:{admin_port}"
+    assert service.post(make_event("user.created")).status_code == 200
+    for path in ("/metrics", "/status"):
+        assert httpx.get(f"{service.url}{path}", timeout=5).status_code == 404
+        assert httpx.get(f"{admin}{path}", timeout=5).status_code == 200
+    for base in (service.url, admin):
+        assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+        assert httpx.get(f"{base}/readyz", timeout=5).status_code == 200
+    body = orjson.dumps(make_event("user.created"))
+    on_admin = httpx.post(
+        f"{admin}/webhooks/workos", content=body, headers={"workos-signature": sign(body, SECRET)}, timeout=5
+    )
+    assert on_admin.status_code == 404  # the webhook is on the public port only
+    assert 'workos_webhook_requests_total{result="accepted"} 1.0' in httpx.get(f"{admin}/metrics").text
+
+
+def test_an_admin_port_already_taken_exits_2_naming_the_variable(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        service = Service(data_dir=tmp_path / "svc", env={"FORWARDER_ADMIN_PORT": str(port)})
+        service.start(wait=False)
+        assert service.proc is not None
+        assert service.proc.wait(20) == 2
+    assert "FORWARDER_ADMIN_PORT" in service.stderr_path.read_text()

@@ -28,10 +28,14 @@ _ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]"}
 
 
 def status_url(settings: Settings) -> str:
-    host = "127.0.0.1" if settings.host in _ANY_ADDRESS else settings.host
+    """``/status`` where the instance serves it: the admin listener when there is one."""
+    host, port = settings.host, settings.port
+    if settings.admin_port is not None:
+        host, port = settings.admin_host, settings.admin_port
+    host = "127.0.0.1" if host in _ANY_ADDRESS else host
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    return f"http://{host}:{settings.port}/status"
+    return f"http://{host}:{port}/status"
 
 
 async def check_instance(settings: Settings) -> list[Check]:

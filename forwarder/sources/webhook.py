@@ -39,6 +39,7 @@ Send = Callable[[Message], Awaitable[None]]
 logger = logging.getLogger("forwarder.webhook")
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+_CLOSE = [(b"connection", b"close")]
 
 DOCTOR_EVENT_TYPE = "forwarder.doctor"
 """Reserved: verified, answered 200 and dropped (the ``doctor`` public-path probe)."""
@@ -136,7 +137,9 @@ class WebhookEndpoint:
         try:
             status, body, extra_headers = await self._handle(headers, receive, scope)
         except _Rejected as rejection:
-            status, extra_headers = rejection.status, []
+            status = rejection.status
+            # A body refused for its size or its slowness is not read further: the connection ends.
+            extra_headers = _CLOSE if status == 408 or status == 413 else []
             answer = {"error": rejection.result, "detail": rejection.detail}
             if rejection.received_sha256 is not None:
                 answer["received_sha256"] = rejection.received_sha256

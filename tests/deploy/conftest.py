@@ -46,7 +46,12 @@ def run_container(image: str) -> Iterator[Callable[..., Container]]:
 
     def run(volume: str, **env: str) -> Container:
         container = Container(name=f"workos-forwarder-test-{uuid.uuid4().hex[:10]}", port=free_port())
-        settings = {"WORKOS_WEBHOOK_SECRET": SECRET, "FORWARDER_PORT": str(container.port), **env}
+        settings = {
+            "WORKOS_WEBHOOK_SECRET": SECRET,
+            "FORWARDER_PORT": str(container.port),
+            "FORWARDER_ADMIN_PORT": str(free_port()),  # host network: the image's 8081 may be taken
+            **env,
+        }
         podman(
             "run",
             "--detach",

@@ -80,6 +80,16 @@ def test_the_forwarder_runs_hardened_probed_and_with_time_to_drain(name: str, wh
     assert forwarder["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert forwarder["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert forwarder["startupProbe"]["httpGet"]["path"] == "/healthz"
+    # Probes and scrapes go to the admin listener the image configures, never the public port.
+    ports = {port["name"]: port["containerPort"] for port in forwarder["ports"]}
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"FORWARDER_ADMIN_PORT={ports['admin']}" in dockerfile
+    assert "FORWARDER_ADMIN_HOST=0.0.0.0" in dockerfile
+    assert f"FORWARDER_PORT={ports['forwarder']}" in dockerfile
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert forwarder[probe]["httpGet"]["port"] == "admin"
+    annotations = _all()[("Deployment", name)]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(ports["admin"])
     security = forwarder["securityContext"]
     assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
     assert security["capabilities"]["drop"] == ["ALL"]
@@ -111,7 +121,7 @@ def test_the_pod_and_service_monitors_scrape_the_forwarder_as_job_workos_forward
     )
     (endpoint,) = pod_monitor["podMetricsEndpoints"]
     ports = [port["name"] for c in sidecar_pod["spec"]["initContainers"] for port in c["ports"]]
-    assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
+    assert endpoint["port"] == "admin" in ports and endpoint["path"] == "/metrics"
     assert {"targetLabel": "job", "replacement": "workos-forwarder", "action": "replace"} in endpoint[
         "relabelings"
     ]
@@ -121,7 +131,8 @@ def test_the_pod_and_service_monitors_scrape_the_forwarder_as_job_workos_forward
     assert service_monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     shared = resources[("Deployment", "workos-forwarder")]
     assert service["spec"]["selector"].items() <= _labels(shared).items()
-    assert service_monitor["endpoints"][0]["port"] in [port["name"] for port in service["spec"]["ports"]]
+    assert service_monitor["endpoints"][0]["port"] == "admin"
+    assert "admin" in [port["name"] for port in service["spec"]["ports"]]
 
 
 def test_the_prometheusrule_is_exactly_the_rules_in_monitors_prometheus() -> None:
