@@ -80,6 +80,8 @@ class Engine(Protocol):
     errors: tuple[type[Exception], ...]
     """Exceptions that mean "the store failed", turned into 503s and retries."""
     begin: str
+    prune_batch: int
+    """Records one retention round deletes, in one transaction."""
 
     def connect(self, *, writer: bool) -> Any: ...
 
@@ -217,6 +219,9 @@ class SQLiteEngine:
         self.location = str(path)
         self.wal = path.with_name(path.name + "-wal")
         self.budget = WalBudget.of(max_bytes)
+        # A deleted record rewrites its page into the WAL: a round of a few KiB per record
+        # must fit in the half of the reserve a truncating checkpoint leaves free.
+        self.prune_batch = max(self.budget.truncate_above // 4096, 100)
         self._synchronous = synchronous.upper()
         private_directory(path.parent)
         private_file(path)
@@ -362,6 +367,7 @@ class PostgresEngine:
     """
 
     begin = "BEGIN"
+    prune_batch = 10_000
 
     def __init__(self, url: str) -> None:
         import psycopg
