@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import httpx
 import orjson
@@ -20,6 +18,7 @@ import orjson
 from forwarder.backoff import backoff_delay
 from forwarder.masking import mask_url
 from forwarder.retry_after import DEFAULT_CAP_S, retry_after_seconds
+from forwarder.sources.events_page import Page, decode_page
 
 DEFAULT_API_URL = "https://api.workos.com"
 PAGE_LIMIT = 100
@@ -42,12 +41,6 @@ class ApiRejected(Exception):
 
 class ApiUnavailable(Exception):
     """The API kept failing (5xx, timeouts, refused connections) through every retry."""
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    events: list[Any]
-    after: str | None
 
 
 def iso_ms(ms: int) -> str:
@@ -117,7 +110,7 @@ class EventsApiClient:
                 status = response.status_code
                 if status == 200:
                     try:
-                        return _parse_page(response)
+                        return decode_page(response.content)
                     except ValueError as exc:
                         reason = f"unexpected answer from {self.url}/events: {exc}"
                 elif status == 429:
@@ -142,18 +135,6 @@ class EventsApiClient:
         if self._on_wait is not None:
             self._on_wait(reason, seconds)
         await asyncio.sleep(seconds)
-
-
-def _parse_page(response: httpx.Response) -> Page:
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        raise ValueError("the body is not JSON") from None
-    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-        raise ValueError('no "data" list in the body')
-    metadata = body.get("list_metadata")
-    after = metadata.get("after") if isinstance(metadata, dict) else None
-    return Page(events=body["data"], after=after if isinstance(after, str) and after else None)
 
 
 def _explain(status: int, response: httpx.Response, url: str) -> str:
