@@ -257,7 +257,7 @@ class SQLiteEngine:
         try:
             if self.wal.stat().st_size <= self.budget.truncate_above:
                 return
-        except FileNotFoundError:
+        except OSError:  # no WAL (yet): nothing to bound
             return
         try:
             conn.execute(f"PRAGMA busy_timeout={_TRUNCATE_WAIT_MS}")
