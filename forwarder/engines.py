@@ -218,6 +218,7 @@ class SQLiteEngine:
         self.path = path
         self.location = str(path)
         self.wal = path.with_name(path.name + "-wal")
+        self._wal_name = str(self.wal)  # os.stat of a str: the cheapest check, once per commit
         self.budget = WalBudget.of(max_bytes)
         # A deleted record rewrites its page into the WAL: a round of a few KiB per record
         # must fit in the half of the reserve a truncating checkpoint leaves free.
@@ -255,7 +256,7 @@ class SQLiteEngine:
         the next commit if they are still there. One ``stat`` per commit when under the bound.
         """
         try:
-            if self.wal.stat().st_size <= self.budget.truncate_above:
+            if os.stat(self._wal_name).st_size <= self.budget.truncate_above:
                 return
         except OSError:  # no WAL (yet): nothing to bound
             return
