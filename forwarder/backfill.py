@@ -59,7 +59,7 @@ class _Progress:
         self._started = time.monotonic()
         self._last_line = self._started
         self._drawn = False
-        self.fetched = self.new = self.known = self.invalid = self.pages = 0
+        self.fetched = self.new = self.known = self.skipped = self.pages = 0
         self.newest: str | None = None
 
     def page(self, result: PageResult) -> None:
@@ -67,7 +67,7 @@ class _Progress:
         self.fetched += result.fetched
         self.new += result.new
         self.known += result.known
-        self.invalid += result.invalid
+        self.skipped += result.skipped
         self.newest = result.newest or self.newest
         now = time.monotonic()
         if self._tty:
@@ -97,9 +97,9 @@ class _Progress:
 
     def summary(self) -> str:
         elapsed = time.monotonic() - self._started
-        invalid = f", not events {self.invalid:,}" if self.invalid else ""
+        skipped = f", skipped {self.skipped:,} (each logged above with its reason)" if self.skipped else ""
         return (
-            f"fetched {self.fetched:,}, new {self.new:,}, already known {self.known:,}{invalid}"
+            f"fetched {self.fetched:,}, new {self.new:,}, already known {self.known:,}{skipped}"
             f" ({self.pages:,} pages in {elapsed:.1f} s, {self.fetched / max(elapsed, 1e-6):,.0f} events/s)"
         )
 

@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -79,6 +80,8 @@ class Engine(Protocol):
     errors: tuple[type[Exception], ...]
     """Exceptions that mean "the store failed", turned into 503s and retries."""
     begin: str
+    prune_batch: int
+    """Records one retention round deletes, in one transaction."""
 
     def connect(self, *, writer: bool) -> Any: ...
 
@@ -106,6 +109,13 @@ class Engine(Protocol):
 
     def claim(self, sink: str) -> Lease | None:
         """Take the delivery lease for ``sink``, or None when another process holds it."""
+        ...
+
+    def after_commit(self, conn: Any) -> None:
+        """Upkeep after a commit, once its callers have their answer (SQLite: bound the WAL).
+
+        Never raises: the commit is durable whatever happens here.
+        """
         ...
 
 
@@ -147,6 +157,57 @@ def private_file(path: Path) -> None:
     os.chmod(path, 0o600)
 
 
+WAL_RESERVE_UNCAPPED = 4 * 1024 * 1024
+"""The WAL's bound without ``FORWARDER_JOURNAL_MAX_BYTES``: enough for any webhook burst's
+commits between two checkpoints, small beside any disk a journal lives on."""
+WAL_RESERVE_MAX = 64 * 1024 * 1024
+"""The most of a cap set aside for the WAL: a large cap is for events, not for a log that
+only has to hold the commits between two checkpoints."""
+_CHECKPOINT_MAX = 4 * 1024 * 1024
+"""The WAL size that starts a checkpoint at most: SQLite's own default (1,000 pages)."""
+_BUSY_TIMEOUT_MS = 10_000
+_TRUNCATE_WAIT_MS = 50
+"""How long the writer waits for readers of old WAL frames before a truncating checkpoint
+gives up until the next commit: a delivery loop's read takes milliseconds, and every
+webhook waits while the writer does."""
+
+
+@dataclass(frozen=True, slots=True)
+class WalBudget:
+    """How an SQLite journal's disk is shared between the database file and its WAL.
+
+    ``max_page_count`` caps the database file only; the WAL (and its ``-shm`` index) grows
+    beside it with every commit until a checkpoint copies its pages into the database and
+    the next writer starts it over. So a quarter of the cap (at most ``WAL_RESERVE_MAX``) is
+    kept back for it: commits start a checkpoint past a quarter of that reserve
+    (``wal_autocheckpoint``), a WAL started over is cut back to that size
+    (``journal_size_limit``), and one that still grew past half the reserve, because a
+    reader held old frames or one transaction was large, is checkpointed and truncated to
+    zero (``wal_checkpoint(TRUNCATE)``) as soon as no reader needs it.
+    """
+
+    reserve: int
+    """Bytes the WAL may take."""
+    checkpoint: int
+    """WAL bytes past which a commit checkpoints, and the size a WAL started over is cut to."""
+    truncate_above: int
+    """WAL bytes past which the writer checkpoints and truncates it after a commit."""
+    database: int
+    """Bytes the database file may take (``max_page_count``); 0 for no cap."""
+
+    @classmethod
+    def of(cls, max_bytes: int) -> WalBudget:
+        """The split of ``max_bytes`` (``FORWARDER_JOURNAL_MAX_BYTES``; 0: no cap, the WAL
+        still bounded by ``WAL_RESERVE_UNCAPPED``)."""
+        reserve = min(max_bytes // 4, WAL_RESERVE_MAX) if max_bytes else WAL_RESERVE_UNCAPPED
+        return cls(
+            reserve=reserve,
+            checkpoint=min(reserve // 4, _CHECKPOINT_MAX),
+            truncate_above=reserve // 2,
+            database=max_bytes - reserve if max_bytes else 0,
+        )
+
+
 class SQLiteEngine:
     """One file in WAL mode; readers never block the writer, other processes may write too."""
 
@@ -156,22 +217,60 @@ class SQLiteEngine:
     def __init__(self, path: Path, *, synchronous: str = "full", max_bytes: int = 0) -> None:
         self.path = path
         self.location = str(path)
+        self.wal = path.with_name(path.name + "-wal")
+        self._wal_name = str(self.wal)  # os.stat of a str: the cheapest check, once per commit
+        self.budget = WalBudget.of(max_bytes)
+        # A deleted record rewrites its page into the WAL: a round of a few KiB per record
+        # must fit in the half of the reserve a truncating checkpoint leaves free.
+        self.prune_batch = max(self.budget.truncate_above // 4096, 100)
         self._synchronous = synchronous.upper()
-        self._max_bytes = max_bytes
         private_directory(path.parent)
         private_file(path)
 
     def connect(self, *, writer: bool) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_MS / 1000
+        )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        conn.execute("PRAGMA busy_timeout=10000")
-        if writer and self._max_bytes:
+        conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        if writer:
+            # Per connection: every writer (serve, backfill, dlq) keeps the WAL within budget.
+            budget = self.budget
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-            conn.execute(f"PRAGMA max_page_count={max(self._max_bytes // page_size, 1)}")
-        if not writer:
+            conn.execute(f"PRAGMA journal_size_limit={budget.checkpoint}")
+            conn.execute(f"PRAGMA wal_autocheckpoint={max(budget.checkpoint // page_size, 1)}")
+            if budget.database:
+                conn.execute(f"PRAGMA max_page_count={max(budget.database // page_size, 1)}")
+        else:
             conn.execute("PRAGMA query_only=1")
         return conn
+
+    def after_commit(self, conn: sqlite3.Connection) -> None:
+        """Checkpoint and truncate the WAL once it has grown past half its reserve.
+
+        The checkpoints commits start on their own (``wal_autocheckpoint``) are passive: a
+        reader still on an older snapshot keeps the WAL from starting over, and under steady
+        reads it can grow without end. This one waits ``_TRUNCATE_WAIT_MS`` at most for such
+        readers (new ones read the database file and do not hold it), and tries again after
+        the next commit if they are still there. One ``stat`` per commit when under the bound.
+        """
+        try:
+            if os.stat(self._wal_name).st_size <= self.budget.truncate_above:
+                return
+        except OSError:  # no WAL (yet): nothing to bound
+            return
+        try:
+            conn.execute(f"PRAGMA busy_timeout={_TRUNCATE_WAIT_MS}")
+            try:
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        except sqlite3.Error as exc:  # a full disk: the next commit fails and says so
+            logger.debug("WAL checkpoint failed", extra={"journal": self.location, "error": str(exc)})
+            return
+        if busy:
+            logger.debug("WAL checkpoint waits for readers", extra={"journal": self.location})
 
     def create_schema(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
@@ -226,8 +325,7 @@ class SQLiteEngine:
         pages = (
             conn.execute("PRAGMA page_count").fetchone()[0] * conn.execute("PRAGMA page_size").fetchone()[0]
         )
-        wal = self.path.with_name(self.path.name + "-wal")
-        return pages + (wal.stat().st_size if wal.exists() else 0)
+        return pages + (self.wal.stat().st_size if self.wal.exists() else 0)
 
     def claim(self, sink: str) -> Lease | None:
         fd = os.open(self.path.with_name(f"{self.path.name}.{sink}.lease"), os.O_RDWR | os.O_CREAT, 0o600)
@@ -270,6 +368,7 @@ class PostgresEngine:
     """
 
     begin = "BEGIN"
+    prune_batch = 10_000
 
     def __init__(self, url: str) -> None:
         import psycopg
@@ -324,6 +423,9 @@ class PostgresEngine:
             " AND n.nspname = current_schema()"
         ).fetchone()
         return int(row[0])
+
+    def after_commit(self, conn: Any) -> None:
+        return None  # PostgreSQL bounds its own write-ahead log (max_wal_size)
 
     def claim(self, sink: str) -> Lease | None:
         conn = self.connect(writer=False)

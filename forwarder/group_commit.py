@@ -259,8 +259,10 @@ class GroupCommitWriter:
             )
             self.last_error = str(exc)
             failure = JournalUnavailable(f"journal write failed: {exc}")
-            outcomes = [(op, None, failure) for op in batch]
+            self._deliver_outcomes([(op, None, failure) for op in batch])
+            return
         self._deliver_outcomes(outcomes)
+        engine.after_commit(conn)  # after the answers: the callers do not wait for upkeep
 
     def _deliver_outcomes(self, outcomes: list[_Outcome]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}

@@ -280,15 +280,17 @@ class Journal:
             lambda tx: tx.executemany("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in ids])
         )
 
-    async def prune(self, older_than_s: float, *, batch: int = 10_000) -> int:
+    async def prune(self, older_than_s: float, *, batch: int | None = None) -> int:
         """Delete records every registered sink has delivered and that are older than the retention.
 
         Records arrive in sequence order, so each round looks only at the ``batch`` lowest
-        sequence numbers and stops at the first round that is not entirely old: no index on
-        ``received_at`` is needed (it cost every insert a second B-tree update).
+        sequence numbers (default: the engine's ``prune_batch``) and stops at the first round
+        that is not entirely old: no index on ``received_at`` is needed (it cost every insert
+        a second B-tree update).
         """
         if not self._sinks:
             return 0
+        batch = batch or self.engine.prune_batch
         failpoints.hit("retention.prune")
         cursors = await asyncio.to_thread(self.cursors)
         low = min(cursors.get(name, 0) for name in self._sinks)

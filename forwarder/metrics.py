@@ -115,6 +115,13 @@ RECONCILED_EVENTS = Counter(
     ["path"],
     registry=REGISTRY,
 )
+EVENTS_API_SKIPPED = Counter(
+    "workos_forwarder_events_api_skipped",
+    "Events API events not stored, each logged once with its reason: undecodable (its JSON cannot"
+    " be decoded) or invalid (not an event); the rest of their page is stored.",
+    ["reason"],
+    registry=REGISTRY,
+)
 UNCATALOGUED_EVENTS = Counter(
     "workos_forwarder_uncatalogued_events",
     "Events whose type is not in this release's catalog (each new type is logged once, by name).",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.doubles.workos_api import API_KEY, WorkOSEventsAPI, api_events
+from tests.doubles.workos_api import API_KEY, WorkOSEventsAPI, api_events, too_deep
 from tests.samples import make_event
 from tests.service import Service, wait_for
 
@@ -176,6 +176,75 @@ def test_webhooks_and_polls_overlap_each_event_once_and_api_only_ones_counted(
         assert any(request.params.get("after") == first_wave[-1]["id"] for request in api.requests)
     time.sleep(1)  # a few more polls over the same events change nothing
     assert _each_once(service, everything)
+
+
+def _skip_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if "skipped, the rest of its page is stored" in line]
+
+
+@ORDERS
+def test_an_event_too_deep_to_decode_is_skipped_once_and_the_rest_of_its_page_stored(
+    start_service: StartService, workos_api: StartApi, newest_first: bool
+) -> None:
+    """Promise: one event that cannot be decoded does not hold up its page, nor the poller.
+
+    It was 0 of 19 in 20 s: an event nested 1,100 levels deep made the page undecodable and the
+    poller asked for it again forever. The newest event is the deep one, so the cursor must step
+    past it too, or every poll would fetch, log and count it again.
+    """
+    api = workos_api(newest_first=newest_first)
+    events = api_events(20)
+    *others, deep = events
+    api.add(others)
+    api.add_raw(deep, too_deep(deep))
+    service = start_service(**_api_env(api, WORKOS_POLL_INTERVAL="200ms"))
+
+    wait_for(lambda: _each_once(service, [event["id"] for event in others]), what="the 19 other events")
+    skipped = {"reason": "undecodable"}
+    wait_for(lambda: service.metric("workos_forwarder_events_api_skipped_total", **skipped) == 1)
+    polls = len(api.page_requests())
+    wait_for(lambda: len(api.page_requests()) >= polls + 3, what="three more polls")
+
+    assert service.metric("workos_forwarder_events_api_skipped_total", **skipped) == 1
+    assert _each_once(service, [event["id"] for event in others])
+    source = service.status()["sources"]["events_api"]
+    assert (source["state"], source["skipped"], source["last_error"]) == ("ok", 1, None)
+    (line,) = _skip_lines(service.stderr_path.read_text())
+    assert deep["id"] in line and "depth limit exceeded" in line and '"reason":"undecodable"' in line
+
+
+def test_backfill_skips_an_undecodable_event_stores_the_rest_and_exits_0(
+    start_service: StartService, workos_api: StartApi
+) -> None:
+    api = workos_api()
+    events = api_events(150)
+    deep = events[40]
+    api.add(events[:40] + events[41:])
+    api.add_raw(deep, too_deep(deep))
+    service = start_service(**_api_env(api))
+
+    result = service.cli("backfill", "--since", _since())
+
+    assert result.returncode == 0, result.stderr
+    assert _summary(result.stdout) == (150, 149, 0)
+    assert "skipped 1 (each logged above with its reason)" in result.stdout
+    (line,) = _skip_lines(result.stderr)
+    assert deep["id"] in line and "depth limit exceeded" in line
+    wait_for(lambda: _each_once(service, [e["id"] for e in events if e is not deep]), what="149 events")
+
+
+def test_a_page_that_is_not_json_is_asked_for_again(tmp_path: Path, workos_api: StartApi) -> None:
+    api = workos_api()
+    api.add(api_events(30))
+    api.fail_next(200, body=b'{"object": "list", "data": [{"id": "event_')
+    env = _cli_env(tmp_path, _api_env(api))
+
+    result = subprocess.run(_backfill_command("--since", _since()), env=env, capture_output=True, text=True)
+
+    assert result.returncode == 0, result.stderr
+    assert _summary(result.stdout) == (30, 30, 0)
+    assert "the body is not JSON" in result.stderr
+    assert [request.status for request in api.requests] == [200, 200]
 
 
 def test_rejected_key_gives_a_clear_message_and_a_nonzero_exit(tmp_path: Path, workos_api: StartApi) -> None:

@@ -128,7 +128,7 @@ class EventsApiPoller:
         self._last_error: str | None = None
         self._last_error_at: float | None = None
         self._last_success_at: float | None = None
-        self._fetched = self._new = self._known = 0
+        self._fetched = self._new = self._known = self._skipped = 0
 
     async def run(self) -> None:
         try:
@@ -159,6 +159,7 @@ class EventsApiPoller:
             self._fetched += result.fetched
             self._new += result.new
             self._known += result.known
+            self._skipped += result.skipped
         if self._state != "ok" and self._last_error is not None:
             logger.info("Events API polls work again", extra={"after_error": self._last_error})
         self._state = "ok"
@@ -196,6 +197,7 @@ class EventsApiPoller:
             "fetched": self._fetched,
             "api_only": self._new,
             "already_known": self._known,
+            "skipped": self._skipped,
         }
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import httpx
 import orjson
@@ -21,6 +19,7 @@ from forwarder.backoff import EVENTS_API_BASE_S, EVENTS_API_CAP_S, backoff_delay
 from forwarder.errors import ApiRejected, ApiUnavailable
 from forwarder.masking import mask_url
 from forwarder.retry_after import DEFAULT_CAP_S, retry_after_seconds
+from forwarder.sources.events_page import Page, decode_page
 
 DEFAULT_API_URL = "https://api.workos.com"
 PAGE_LIMIT = 100
@@ -28,12 +27,6 @@ RETENTION_DAYS = 30
 
 WaitNotice = Callable[[str, float], None]
 """Called before each retry wait with the reason and the seconds about to be waited."""
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    events: list[Any]
-    after: str | None
 
 
 def iso_ms(ms: int) -> str:
@@ -103,7 +96,7 @@ class EventsApiClient:
                 status = response.status_code
                 if status == 200:
                     try:
-                        return _parse_page(response)
+                        return decode_page(response.content)
                     except ValueError as exc:
                         reason = f"unexpected answer from {self.url}/events: {exc}"
                 elif status == 429:
@@ -128,18 +121,6 @@ class EventsApiClient:
         if self._on_wait is not None:
             self._on_wait(reason, seconds)
         await asyncio.sleep(seconds)
-
-
-def _parse_page(response: httpx.Response) -> Page:
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        raise ValueError("the body is not JSON") from None
-    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-        raise ValueError('no "data" list in the body')
-    metadata = body.get("list_metadata")
-    after = metadata.get("after") if isinstance(metadata, dict) else None
-    return Page(events=body["data"], after=after if isinstance(after, str) and after else None)
 
 
 def _explain(status: int, response: httpx.Response, url: str) -> str:

@@ -32,18 +32,22 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
 
 from forwarder import catalog, metrics
 from forwarder.journal import Journal
-from forwarder.normalize import InvalidEvent, NormalizeOptions, journal_record
+from forwarder.normalize import MAX_TEXT_CHARS, InvalidEvent, NormalizeOptions, journal_record
 from forwarder.records import NewRecord
 from forwarder.sources.events_api_client import ApiRejected, Page, iso_ms
 
 # The poller's logger: the sync's lines are the poller's and backfill's, under one name.
 logger = logging.getLogger("forwarder.events_api")
+
+_REPORTED_MAX = 10_000
+"""Skipped events remembered so that each is logged and counted once (sweeps fetch some again)."""
 
 
 class PageFetcher(Protocol):
@@ -105,11 +109,30 @@ class WalkState:
 @dataclass(frozen=True, slots=True)
 class PageResult:
     fetched: int
+    """Events on the page, skipped ones included."""
     new: int
     known: int
-    invalid: int
+    skipped: int
+    """Events of the page skipped for the first time (logged with their reason, counted)."""
     newest: str | None
     done: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """An event of a page that is not stored: the others of its page are, and the walk goes on.
+
+    ``reason`` is the metric's label: ``undecodable`` (its JSON cannot be decoded, e.g. nested
+    past the decoder's 1,024 levels) or ``invalid`` (decoded, but normalization refuses it).
+    ``mark`` is its place in the list when its id and time can be read, so the cursor moves
+    past it instead of asking for it again at every poll.
+    """
+
+    key: str
+    event_id: str | None
+    mark: Mark | None
+    reason: str
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +226,7 @@ class EventsSync:
         # The added types stay out of the digest: a wider list still holds the cursor's event.
         self.query = query_digest(self._types, organization_id)
         self.state = WalkState(query=self.query)
+        self._reported: dict[str, None] = {}
 
     def saved_state(self) -> WalkState | None:
         """The state as last committed (blocking: call through ``asyncio.to_thread``)."""
@@ -250,41 +274,73 @@ class EventsSync:
                     forward_refused = True
                     continue
                 raise
-            marked, records, received, invalid = self._prepare(page.events)
+            marked, records, received, skipped = self._prepare(page)
             newest = max(marked) if marked else None
             done = advance(state, request, page, newest, _order(received))
             state.done = done and self._once
-            yield await self._store(page, records, state, invalid, newest, done=done)
+            first_seen = self._report(skipped)
+            yield await self._store(page, records, state, first_seen, newest, done=done)
             if done:
                 return
 
-    def _prepare(self, events: list[Any]) -> tuple[list[Mark], list[NewRecord], list[tuple[int, str]], int]:
-        """Normalize a page and sort it by creation time, then id (never trusting the API's order)."""
+    def _prepare(
+        self, page: Page
+    ) -> tuple[list[Mark], list[NewRecord], list[tuple[int, str]], list[Skipped]]:
+        """Normalize a page and sort it by creation time, then id (never trusting the API's order).
+
+        The marks include those of skipped events, so the position moves past them too.
+        """
         rows: list[tuple[tuple[int, str], NewRecord]] = []
-        invalid = 0
-        for event in events:
+        skipped = [
+            Skipped(
+                key=bad.event_id or bad.digest,
+                event_id=bad.event_id,
+                mark=_mark(bad.event_id, bad.created_at),
+                reason="undecodable",
+                detail=bad.reason,
+            )
+            for bad in page.undecodable
+        ]
+        for event in page.events:
             try:
                 record = journal_record(event, self._options, delivery="api")
             except InvalidEvent as exc:
-                invalid += 1
-                # The reason in the message too: backfill's terminal shows messages, not extra fields.
-                logger.error(
-                    "Events API returned something that is not an event: %s", exc, extra={"error": str(exc)}
-                )
+                skipped.append(_invalid(event, str(exc)))
                 continue
             created = record.created_at
             rows.append(((round(created * 1000) if created is not None else 0, record.event_id), record))
         received = [key for key, _ in rows]
         rows.sort(key=lambda row: row[0])
         marks = [Mark(ms, event_id) for (ms, event_id), _ in rows if ms > 0]
-        return marks, [record for _, record in rows], received, invalid
+        marks += [skip.mark for skip in skipped if skip.mark is not None]
+        return marks, [record for _, record in rows], received, skipped
+
+    def _report(self, skipped: list[Skipped]) -> int:
+        """Log and count each skipped event the first time this walk meets it; how many were new."""
+        first_seen = 0
+        for skip in skipped:
+            if skip.key in self._reported:
+                continue
+            self._reported[skip.key] = None
+            if len(self._reported) > _REPORTED_MAX:
+                del self._reported[next(iter(self._reported))]
+            first_seen += 1
+            metrics.EVENTS_API_SKIPPED.labels(skip.reason).inc()
+            # The id and reason in the message too: backfill's terminal shows messages, not extras.
+            logger.error(
+                "Events API event %s skipped, the rest of its page is stored: %s",
+                _shown(skip.event_id),
+                skip.detail,
+                extra={"event_id": skip.event_id, "reason": skip.reason, "error": skip.detail},
+            )
+        return first_seen
 
     async def _store(
         self,
         page: Page,
         records: list[NewRecord],
         state: WalkState,
-        invalid: int,
+        skipped: int,
         newest: Mark | None,
         *,
         done: bool,
@@ -300,10 +356,10 @@ class EventsSync:
         if new:
             metrics.RECONCILED_EVENTS.labels("api_only").inc(new)
         return PageResult(
-            fetched=len(page.events),
+            fetched=len(page.events) + len(page.undecodable),
             new=new,
             known=len(records) - new,
-            invalid=invalid,
+            skipped=skipped,
             newest=iso_ms(newest.ms) if newest else None,
             done=done,
         )
@@ -319,3 +375,44 @@ def _order(keys: list[tuple[int, str]]) -> str | None:
     if len(keys) < 2 or keys[0] == keys[-1]:
         return None
     return "asc" if keys[0] < keys[-1] else "desc"
+
+
+def _invalid(event: Any, detail: str) -> Skipped:
+    """A decoded event that normalization refused; told apart by its id, else by the reason."""
+    fields = event if isinstance(event, dict) else {}
+    event_id = fields.get("id")
+    created_at = fields.get("created_at")
+    event_id = event_id if isinstance(event_id, str) else None
+    return Skipped(
+        key=event_id or detail,
+        event_id=event_id,
+        mark=_mark(event_id, created_at if isinstance(created_at, str) else None),
+        reason="invalid",
+        detail=detail,
+    )
+
+
+def _shown(event_id: str | None) -> str:
+    """The id for a log line: escaped unless it is a printable WorkOS-sized id."""
+    if event_id is None:
+        return "without a readable id"
+    if len(event_id) <= MAX_TEXT_CHARS and event_id.isprintable():
+        return event_id
+    return ascii(event_id[:MAX_TEXT_CHARS])
+
+
+def _mark(event_id: str | None, created_at: str | None) -> Mark | None:
+    """The place of a skipped event, when its id could be a cursor (``after=<id>``) and its time reads."""
+    if not event_id or not created_at or len(event_id) > MAX_TEXT_CHARS or not event_id.isprintable():
+        return None
+    try:
+        created = datetime.fromisoformat(created_at)
+    except ValueError:
+        return None
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    try:
+        ms = round(created.timestamp() * 1000)
+    except (OverflowError, ValueError):
+        return None
+    return Mark(ms, event_id) if ms > 0 else None

@@ -10,8 +10,10 @@ reported of the live API, ignored). Answers ``{"object": "list", "data": [...],
 Knobs a test turns: ``newest_first`` serves the list newest-first (``after`` then pages back
 in time, as WorkOS lists in desc order do), ``page_delay_s`` slows every answer,
 ``rate_limit(n, retry_after)`` answers the next n requests 429 with ``Retry-After``,
-``fail_next(status)`` queues other failures, and ``add`` publishes events between polls.
-Every request is recorded (params, answer, time) for assertions.
+``fail_next(status, body=...)`` queues other failures (or a broken ``200``), ``add``
+publishes events between polls, and ``add_raw`` publishes one served as given bytes (JSON that
+no decoder of the forwarder reads, see ``too_deep``). Every request is recorded (params, answer,
+time) for assertions.
 
 For ``doctor``: ``GET /connections`` and ``GET /directories`` list ``connections`` and
 ``directories`` (``limit`` honoured, same key check), and every answer carries this double's
@@ -82,6 +84,13 @@ def api_events(count: int, *, start: float | None = None, spacing_s: float = 0.0
     return events
 
 
+def too_deep(event: dict[str, Any], depth: int = 1_100) -> bytes:
+    """``event`` as JSON with ``depth`` arrays nested in ``data.nested``: valid JSON, but past the
+    1,024 levels orjson decodes, so the page that holds it does not decode whole."""
+    marked = orjson.dumps({**event, "data": {**event["data"], "nested": "NESTED"}})
+    return marked.replace(b'"NESTED"', b"[" * depth + b"]" * depth)
+
+
 @dataclass(frozen=True)
 class ApiRequest:
     params: dict[str, str]
@@ -111,8 +120,9 @@ class WorkOSEventsAPI:
         self.requests: list[ApiRequest] = []
         self._events: list[dict[str, Any]] = []
         self._created: dict[str, float] = {}
+        self._raw: dict[str, bytes] = {}
         self._listings: dict[tuple[Any, ...], tuple[list[dict[str, Any]], list[tuple[float, str]]]] = {}
-        self._failures: list[tuple[int, dict[str, str]]] = []
+        self._failures: list[tuple[int, dict[str, str], bytes | None]] = []
         self._lock = threading.Lock()
         self.connections: list[dict[str, Any]] = []
         self.directories: list[dict[str, Any]] = []
@@ -151,13 +161,22 @@ class WorkOSEventsAPI:
             self._events.sort(key=self._key)
             self._listings.clear()
 
+    def add_raw(self, event: dict[str, Any], raw: bytes) -> None:
+        """Publish ``event`` (its id, type, time and organization select it) served as ``raw``."""
+        with self._lock:
+            self._raw[event["id"]] = raw
+        self.add([event])
+
     def rate_limit(self, requests: int = 1, retry_after: str = "1") -> None:
         with self._lock:
-            self._failures.extend((429, {"retry-after": retry_after}) for _ in range(requests))
+            self._failures.extend((429, {"retry-after": retry_after}, None) for _ in range(requests))
 
-    def fail_next(self, status: int, headers: dict[str, str] | None = None) -> None:
+    def fail_next(
+        self, status: int, headers: dict[str, str] | None = None, body: bytes | None = None
+    ) -> None:
+        """Answer the next request ``status``, with ``body`` if given (else an error message)."""
         with self._lock:
-            self._failures.append((status, headers or {}))
+            self._failures.append((status, headers or {}, body))
 
     def page_requests(self) -> list[ApiRequest]:
         return [request for request in self.requests if request.status == 200]
@@ -168,7 +187,7 @@ class WorkOSEventsAPI:
             await asyncio.sleep(self.page_delay_s)
         status, headers, body, returned = self._answer(request, params)
         self.requests.append(ApiRequest(params, status, returned, time.time()))
-        return Response(orjson.dumps(body), status, self._dated(headers), media_type="application/json")
+        return Response(body, status, self._dated(headers), media_type="application/json")
 
     async def _resources(self, request: Request) -> Response:
         """``GET /connections`` or ``/directories``: a list page of at most ``limit`` items."""
@@ -183,26 +202,24 @@ class WorkOSEventsAPI:
     def _dated(self, headers: dict[str, str]) -> dict[str, str]:
         return {**headers, "date": formatdate(time.time() + self.clock_offset_s, usegmt=True)}
 
-    def _answer(
-        self, request: Request, params: dict[str, str]
-    ) -> tuple[int, dict[str, str], dict[str, Any], int]:
+    def _answer(self, request: Request, params: dict[str, str]) -> tuple[int, dict[str, str], bytes, int]:
         if request.headers.get("authorization") != f"Bearer {self.api_key}":
-            return 401, {}, {"message": "Unauthorized", "code": "unauthorized"}, 0
+            return 401, {}, orjson.dumps({"message": "Unauthorized", "code": "unauthorized"}), 0
         with self._lock:
             if self._failures:
-                status, headers = self._failures.pop(0)
-                return status, headers, {"message": f"emulated {status}"}, 0
+                status, headers, raw = self._failures.pop(0)
+                return status, headers, raw or orjson.dumps({"message": f"emulated {status}"}), 0
             try:
                 page, after = self._page(params)
             except _Invalid as exc:
                 errors = [{"field": exc.field, "code": "invalid"}] if exc.field else []
-                return exc.status, {}, {"message": exc.message, "errors": errors}, 0
+                return exc.status, {}, orjson.dumps({"message": exc.message, "errors": errors}), 0
         body = {
             "object": "list",
-            "data": page,
+            "data": [orjson.Fragment(self._raw[e["id"]]) if e["id"] in self._raw else e for e in page],
             "list_metadata": {"before": page[0]["id"] if page else None, "after": after},
         }
-        return 200, {}, body, len(page)
+        return 200, {}, orjson.dumps(body), len(page)
 
     def _page(self, params: dict[str, str]) -> tuple[list[dict[str, Any]], str | None]:
         types = [name for name in params.get("events", "").split(",") if name]

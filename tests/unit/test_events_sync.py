@@ -17,15 +17,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
-from forwarder import catalog
+from forwarder import catalog, metrics
 from forwarder.catalog import KNOWN_EVENT_TYPES
 from forwarder.journal import Journal
 from forwarder.normalize import NormalizeOptions
 from forwarder.sources.events_api_client import PAGE_LIMIT, ApiRejected, Page
+from forwarder.sources.events_page import decode_page
 from forwarder.sources.events_sync import EventsSync, Mark, PageResult, WalkState
-from tests.doubles.workos_api import api_events
+from tests.doubles.workos_api import api_events, too_deep
 
 KEY = "events_api:test"
 TYPES = tuple(sorted(KNOWN_EVENT_TYPES))
@@ -65,6 +67,8 @@ class FakeEventsApi:
         self.served = 0
         self.crash_at: int | None = None
         self.refuse_unknown_types = True
+        self.raw: dict[str, bytes] = {}
+        """Events served as these bytes: a page holding one goes through the client's decoder."""
 
     def add(self, events: Sequence[dict[str, Any]]) -> None:
         self.events.extend(events)
@@ -106,7 +110,13 @@ class FakeEventsApi:
         page = listed[begin : begin + PAGE_LIMIT]
         more = begin + len(page) < len(listed)
         self.served += len(page)
-        return Page(events=page, after=page[-1]["id"] if page and more else None)
+        after = page[-1]["id"] if page and more else None
+        if any(event["id"] in self.raw for event in page):
+            data = [orjson.Fragment(self.raw[e["id"]]) if e["id"] in self.raw else e for e in page]
+            return decode_page(
+                orjson.dumps({"object": "list", "data": data, "list_metadata": {"after": after}})
+            )
+        return Page(events=page, after=after)
 
 
 @pytest.fixture
@@ -382,3 +392,61 @@ async def test_new_types_the_api_refuses_are_dropped_and_polling_goes_on(
     api.asked.clear()
     await walk(sync)
     assert all(asked.types == TYPES for asked in api.asked), "not asked again once refused"
+
+
+def skipped_count(reason: str) -> float:
+    return (
+        metrics.REGISTRY.get_sample_value("workos_forwarder_events_api_skipped_total", {"reason": reason})
+        or 0.0
+    )
+
+
+@ORDERS
+async def test_an_undecodable_event_is_skipped_once_and_the_walk_steps_past_it(
+    open_journal: Callable[[], Journal], newest_first: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One event on the second page nested too deep to decode, and the newest one: every other
+    event is stored, each bad one is logged and counted once, and polls go on past them."""
+    api = FakeEventsApi(newest_first=newest_first)
+    listed = events(250)
+    bad = [listed[120], listed[-1]]
+    api.add(listed)
+    api.raw = {event["id"]: too_deep(event) for event in bad}
+    journal = open_journal()
+    sync = make_sync(api, journal)
+    before = skipped_count("undecodable")
+
+    results = await walk(sync)
+    later = events(5, after=START + 60)
+    api.add(later)
+    again = await walk(sync)
+
+    good = [event["id"] for event in listed + later if event not in bad]
+    assert sorted(stored(journal)) == sorted(good)
+    assert sum(r.fetched for r in results) == 250 and sum(r.skipped for r in results) == 2
+    assert sum(r.skipped for r in again) == 0
+    assert skipped_count("undecodable") - before == 2
+    lines = [r.getMessage() for r in caplog.records if "skipped, the rest of its page" in r.getMessage()]
+    assert len(lines) == 2 and all("depth limit exceeded" in line for line in lines)
+    assert {bad[0]["id"], bad[1]["id"]} == {line.split()[3] for line in lines}
+    assert saved(journal).cursor == newest_mark(later)
+    if not newest_first:
+        # The cursor moved onto the newest (skipped) event: the next poll asked after it.
+        assert any(asked.after == bad[1]["id"] for asked in api.asked)
+
+
+async def test_an_event_normalization_refuses_is_skipped_and_the_cursor_moves_past_it(
+    open_journal: Callable[[], Journal],
+) -> None:
+    api = FakeEventsApi()
+    listed = events(10)
+    listed[-1]["data"] = ["not", "an", "object"]
+    api.add(listed)
+    journal = open_journal()
+    before = skipped_count("invalid")
+
+    (result,) = await walk(make_sync(api, journal))
+
+    assert (result.fetched, result.new, result.skipped) == (10, 9, 1)
+    assert skipped_count("invalid") - before == 1
+    assert saved(journal).cursor == newest_mark(listed)
