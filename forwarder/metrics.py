@@ -135,3 +135,26 @@ JOURNAL_WRITABLE = Gauge(
     " until one succeeds.",
     registry=REGISTRY,
 )
+
+MEMBERSHIP_USERS = Gauge(
+    "workos_forwarder_membership_users",
+    "Users whose organizations this process knows (the in-memory map that attributes events).",
+    registry=REGISTRY,
+)
+MEMBERSHIPS = Gauge(
+    "workos_forwarder_memberships",
+    "(user, organization) rows in the journal's membership table, deleted ones included;"
+    " checked every minute.",
+    registry=REGISTRY,
+)
+MEMBERSHIP_EVICTIONS = Counter(
+    "workos_forwarder_membership_evictions",
+    "Memberships dropped to keep the map within FORWARDER_MEMBERSHIPS_MAX, least recently seen first.",
+    registry=REGISTRY,
+)
+MEMBERSHIP_LOOKUPS = Counter(
+    "workos_forwarder_membership_lookups",
+    "Lookups of a user's organizations in the WorkOS API, by result (found, none, rejected, failed).",
+    ["result"],
+    registry=REGISTRY,
+)

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import orjson
 
 from forwarder import catalog
+from forwarder.memberships import MembershipMap, attribute
 from forwarder.records import NewRecord
 from forwarder.redaction import Redactor
 
@@ -77,6 +78,9 @@ class NormalizeOptions:
     service: str = "workos-events"
     env: str = "production"
     redaction: Redactor | None = None
+    memberships: MembershipMap | None = None
+    """Who belongs to which organization (``forwarder.memberships``): attributes events of a
+    user that carry no organization of their own. None: no attribution."""
 
 
 def normalize(event: Any, options: NormalizeOptions, *, delivery: Delivery = "webhook") -> dict[str, Any]:
@@ -205,6 +209,8 @@ def _normalize(
     organization_id = _organization_id(data, category)
     if organization_id:
         workos["organization_id"] = organization_id
+    if evt_category or (user_id and not organization_id):
+        attribute(workos, organization_id, user_id, evt_category is not None, options.memberships)
     if isinstance(context, dict):
         actor = context.get("actor")
         if isinstance(actor, dict) and actor:
@@ -251,14 +257,32 @@ def _error(data: dict[str, Any], outcome: str) -> tuple[str | None, str | None]:
 
 
 def _organization_id(data: dict[str, Any], category: str) -> str | None:
+    """The organization the event is about, by the rule of docs/record.md ("Which organization"):
+    ``data.organization_id``, else the first of the nested objects that carries one, else the
+    owner of an API key, else an organization event's own id. Never a guess: an event that
+    names no organization (or two, as ``agent.registration.organization.switched``) has none."""
     organization_id = _text(data.get("organization_id"))
     if organization_id:
         return organization_id
-    for nested in ("sso", "organization_domain"):  # sso_* events; domain verification_failed
+    for nested in _ORGANIZATION_HOLDERS:
         value = data.get(nested)
-        if isinstance(value, dict) and (organization_id := _text(value.get("organization_id"))):
+        if (
+            type(value) is dict
+            and (organization_id := _text(value.get("organization_id")))
+            and organization_id != "null"
+        ):
             return organization_id
+    owner = data.get("owner")  # api_key.*: owned by an organization, or by a user in one
+    if type(owner) is dict and owner.get("type") == "organization":
+        return _text(owner.get("id"))
     return _text(data.get("id")) if category == "organization" else None
+
+
+_ORGANIZATION_HOLDERS = ("sso", "organization_domain", "connection", "group", "user", "owner", "claimed_by")
+"""Nested objects whose ``organization_id`` is the event's, in the order they are looked at:
+``sso`` (authentication.sso_*), ``organization_domain`` (its verification_failed), ``connection``
+(connection.saml_certificate_*), ``group`` then ``user`` (dsync.group.user_*), ``owner`` (a
+user's api_key.*), ``claimed_by`` (agent.registration.claim.completed, which may say "null")."""
 
 
 def _parse_time(raw: Any) -> datetime | None:
