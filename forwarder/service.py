@@ -30,7 +30,7 @@ from forwarder.journal import Journal, JournalUnavailable
 from forwarder.masking import scrub
 from forwarder.memberships_store import open_memberships
 from forwarder.signature import Verifier
-from forwarder.sources import load_sources
+from forwarder.sources import load_sources, memberships_api
 from forwarder.sources.webhook import Receive, Scope, Send, WebhookEndpoint
 from forwarder.supervisor import Supervised, start
 from sinks.base import Sink, load_sinks
@@ -84,6 +84,8 @@ class Forwarder:
         )
         """How events are normalized here: the settings', with the membership map that attributes them."""
         self.sources = load_sources(env, self.journal, self.options)
+        if self.memberships is not None and (lookups := memberships_api.create(env, self.memberships)):
+            self.sources.append(lookups)
         self.ready_requires_sinks = switch(env, "FORWARDER_READY_REQUIRES_SINKS", False)
         self.prune_interval_s = duration(env, "FORWARDER_PRUNE_INTERVAL", "60s")
         self.drain_delay_s = duration(env, "FORWARDER_DRAIN_DELAY", "0s")
