@@ -250,7 +250,13 @@ def _describe_by_name(event_type: str) -> Description:
 _CATEGORY_OF: dict[str, str] = {t: t.partition(".")[0] for t in KNOWN_EVENT_TYPES}
 DESCRIPTIONS: dict[str, Description] = {t: _describe_by_name(t) for t in KNOWN_EVENT_TYPES}
 """The description of every known type. Normalization reads it once per event; a miss is a
-type this release does not know: ``UNKNOWN_TYPES.describe`` it."""
+type this release does not know: ``describe_unknown`` it (and, once the event is stored,
+``UNKNOWN_TYPES.stored``)."""
+
+
+def describe_unknown(event_type: str) -> Description:
+    """The description of a type missing from ``DESCRIPTIONS``, from its name alone."""
+    return _describe_by_name(event_type)
 
 
 def outcome(event_type: str) -> Outcome:
@@ -297,7 +303,9 @@ class UnknownTypes:
 
     Each new one is logged once, by name, with the way to keep polling it; every event of one
     is counted in ``workos_forwarder_uncatalogued_events_total`` (no label: the type is
-    unbounded). The poller adds the remembered ones to its request (``pollable``), so the
+    unbounded). Only stored events count (``stored``, called by the sources once the journal
+    took the event as new): a duplicate, or an event the journal refused, is neither counted
+    nor logged as forwarded. The poller adds the remembered ones to its request (``pollable``), so the
     Events API keeps reconciling a type WorkOS added after this release. Memory is bounded:
     past ``capacity`` distinct types, further ones are counted but neither logged nor polled,
     and that is logged once.
@@ -310,12 +318,11 @@ class UnknownTypes:
         self._full_logged = False
         self._lock = threading.Lock()  # normalization runs on the event loop and in threads
 
-    def describe(self, event_type: str) -> Description:
-        """The description of a type missing from ``DESCRIPTIONS``, from its name; notes the type."""
+    def stored(self, event_type: str) -> None:
+        """An event of ``event_type`` (not in ``KNOWN_EVENT_TYPES``) was stored: count and note it."""
         metrics.UNCATALOGUED_EVENTS.inc()
         if event_type not in self._seen:
             self._note(event_type)
-        return _describe_by_name(event_type)
 
     def seen(self) -> tuple[str, ...]:
         """Every remembered type, in order of first arrival."""
@@ -353,4 +360,4 @@ class UnknownTypes:
 
 
 UNKNOWN_TYPES = UnknownTypes()
-"""The process's record of types outside the catalog (normalization notes, the poller reads)."""
+"""The process's record of types outside the catalog (the sources note, the poller reads)."""

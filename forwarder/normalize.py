@@ -151,8 +151,8 @@ def _normalize(
     context = event.get("context")
     raw_created = event.get("created_at")
 
-    # One lookup for a known type; a miss is a type this release does not know, noted there.
-    described = catalog.DESCRIPTIONS.get(event_type) or catalog.UNKNOWN_TYPES.describe(event_type)
+    # One lookup for a known type; a miss is a type this release does not know (noted once stored).
+    described = catalog.DESCRIPTIONS.get(event_type) or catalog.describe_unknown(event_type)
     category, outcome, status, evt_category = described
     created = _parse_time(raw_created)
 
