@@ -215,6 +215,8 @@ def _normalize(
         actor = context.get("actor")
         if isinstance(actor, dict) and actor:
             workos["actor"] = actor
+    if category == "vault":
+        _vault_actor(record, workos, data)
     workos["data"] = data
     if context is not None:
         workos["context"] = context
@@ -283,6 +285,24 @@ _ORGANIZATION_HOLDERS = ("sso", "organization_domain", "connection", "group", "u
 ``sso`` (authentication.sso_*), ``organization_domain`` (its verification_failed), ``connection``
 (connection.saml_certificate_*), ``group`` then ``user`` (dsync.group.user_*), ``owner`` (a
 user's api_key.*), ``claimed_by`` (agent.registration.claim.completed, which may say "null")."""
+
+
+def _vault_actor(record: dict[str, Any], workos: dict[str, Any], data: dict[str, Any]) -> None:
+    """vault.*: who read, wrote or decrypted. ``actor_id`` and ``actor_name`` are Datadog's
+    ``usr.id`` and ``usr.name`` (the one who acted); ``actor_source`` (api, dashboard) has no
+    standard attribute, so the three go to ``workos.actor`` too, the shape of ``context.actor``."""
+    actor_id, actor_name = _text(data.get("actor_id")), _text(data.get("actor_name"))
+    if not actor_id and not actor_name:
+        return
+    if "usr" not in record:
+        usr = record["usr"] = {}
+        if actor_id:
+            usr["id"] = actor_id
+        if actor_name:
+            usr["name"] = actor_name
+    if "actor" not in workos:
+        actor = {"id": actor_id, "source": _text(data.get("actor_source")), "name": actor_name}
+        workos["actor"] = {key: value for key, value in actor.items() if value}
 
 
 def _parse_time(raw: Any) -> datetime | None:
