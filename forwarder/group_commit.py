@@ -48,7 +48,7 @@ class Transaction:
         self._sql = sql
         self.shared: dict[str, Any] = {}
         """What the operations of one commit work out once and share (the journal's backlog)."""
-        self.after_commit: list[Callable[[], None]] = []
+        self.after_commit: list[Callable[[], object]] = []
         """Run by the writer thread once the transaction committed, before any caller hears of
         it (the membership map learns what was stored): never after a rollback."""
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -59,7 +60,6 @@ _UPSERT = (
     " active = excluded.active, changed_at = excluded.changed_at, seen_at = excluded.seen_at,"
     " version = excluded.version"
     " WHERE excluded.changed_at >= memberships.changed_at"
-    " RETURNING user_id, organization_id, source, active"
 )
 
 
@@ -100,6 +100,7 @@ class MembershipStore:
         self.memberships = memberships
         self.settings = settings
         self._version = 0
+        self._refreshing = threading.Lock()
         self._evicted_at = 0.0
         journal.on_store = self.learn
 
@@ -116,19 +117,16 @@ class MembershipStore:
             self.write_rows(tx, rows)
 
     def write_rows(self, tx: Transaction, rows: Sequence[tuple[str, str, str, bool, float]]) -> None:
-        """Upsert (user, organization, source, active, changed_at) rows; the map takes the ones
-        that changed once ``tx`` commits."""
+        """Upsert (user, organization, source, active, changed_at) rows; the map reads them back
+        once ``tx`` commits (before the events are acknowledged)."""
         (version,) = tx.execute("SELECT COALESCE(MAX(version), 0) FROM memberships").fetchone()
         now = time.time()
-        applied: list[Row] = []
+        params = []
         for user_id, organization_id, source, active, changed_at in rows:
             version += 1
-            cursor = tx.execute(
-                _UPSERT, (user_id, organization_id, source, int(active), changed_at, now, version)
-            )
-            applied.extend(Row(user, organization, how, bool(on)) for user, organization, how, on in cursor)
-        if applied:
-            tx.after_commit.append(lambda: self.memberships.apply(applied))
+            params.append((user_id, organization_id, source, int(active), changed_at, now, version))
+        tx.executemany(_UPSERT, params)
+        tx.after_commit.append(self.refresh)
 
     async def store(self, rows: Sequence[tuple[str, str, str, bool, float]]) -> None:
         """Write rows learned elsewhere (the API fill) in their own commit."""
@@ -137,7 +135,15 @@ class MembershipStore:
     # -- reads -------------------------------------------------------------------------------
 
     def refresh(self) -> int:
-        """Apply rows changed since the last refresh (any replica's); blocking. Answers how many."""
+        """Apply rows changed since the last refresh (any replica's); blocking. Answers how many.
+
+        One refresh at a time, reading in version order: the map never takes an older state of
+        a row after a newer one (the writer thread refreshes after its commit, the task every
+        second)."""
+        with self._refreshing:
+            return self._refresh()
+
+    def _refresh(self) -> int:
         total = 0
         while True:
             rows = self.journal.query(
