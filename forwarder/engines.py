@@ -65,7 +65,6 @@ CREATE TABLE IF NOT EXISTS memberships (
     PRIMARY KEY (user_id, organization_id)
 );
 CREATE INDEX IF NOT EXISTS memberships_version ON memberships (version);
-CREATE INDEX IF NOT EXISTS memberships_seen_at ON memberships (seen_at);
 """
 
 

@@ -24,8 +24,6 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, NamedTuple
 
-from forwarder import metrics
-
 Source = Literal["membership", "session", "api"]
 Attribution = Literal["event", "membership", "session", "api"]
 
@@ -41,6 +39,8 @@ class Row(NamedTuple):
     organization_id: str
     source: str
     active: bool
+    seen_at: float = 0.0
+    """When an event last said so (epoch seconds)."""
 
 
 class Known(NamedTuple):
@@ -56,7 +56,7 @@ class MembershipMap:
     def __init__(self, max_users: int) -> None:
         self.max_users = max_users
         self._known: dict[str, Known] = {}
-        self._rows: dict[str, dict[str, str]] = {}  # user -> {organization: source}, active ones
+        self._rows: dict[str, dict[str, tuple[str, float]]] = {}  # user -> {org: (source, seen_at)}, active
         self._lock = threading.Lock()
         self.get: Callable[[str], Known | None] = self._known.get
         """The lookup of the acknowledgement path: the user's ``Known``, or None."""
@@ -67,8 +67,10 @@ class MembershipMap:
         return len(self._known)
 
     def apply(self, rows: Iterable[Row]) -> None:
-        """Take rows as the journal now holds them: active ones add, inactive ones remove."""
-        evicted = 0
+        """Take rows as the journal now holds them: active ones add, inactive ones remove.
+
+        Past ``max_users`` the least recently changed users are dropped: the journal's table is
+        bounded the same way (``MembershipStore.evict``), this keeps the map within it meanwhile."""
         with self._lock:
             changed: set[str] = set()
             for row in rows:
@@ -76,7 +78,7 @@ class MembershipMap:
                 if row.active:
                     if organizations is None:
                         organizations = self._rows[row.user_id] = {}
-                    organizations[row.organization_id] = row.source
+                    organizations[row.organization_id] = (row.source, row.seen_at)
                 elif organizations is not None:
                     organizations.pop(row.organization_id, None)
                 changed.add(row.user_id)
@@ -86,16 +88,19 @@ class MembershipMap:
                 if not organizations:
                     self._rows.pop(user_id, None)
                     continue
-                best = min(organizations.values(), key=_PRECEDENCE.__getitem__)
+                best = min((source for source, _ in organizations.values()), key=_PRECEDENCE.__getitem__)
                 self._known[user_id] = Known(tuple(sorted(organizations)), best)
             while len(self._known) > self.max_users:
                 oldest = next(iter(self._known))
                 del self._known[oldest]
                 self._rows.pop(oldest, None)
-                evicted += 1
-        if evicted:
-            metrics.MEMBERSHIP_EVICTIONS.inc(evicted)
-        metrics.MEMBERSHIP_USERS.set(len(self._known))
+
+    def seen_since(self, user_id: str, organization_id: str, source: str, since: float) -> bool:
+        """Whether the map holds (user, organization) active, from ``source`` or a firmer one, seen
+        at or after ``since``: writing it again would change nothing but its time."""
+        organizations = self._rows.get(user_id)
+        held = organizations.get(organization_id) if organizations is not None else None
+        return held is not None and held[1] >= since and _PRECEDENCE[held[0]] <= _PRECEDENCE[source]
 
     def forget(self, pairs: Iterable[tuple[str, str]]) -> None:
         """Drop (user, organization) pairs the journal evicted."""

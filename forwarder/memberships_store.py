@@ -47,12 +47,20 @@ LEARNED_TYPES = frozenset(
     }
 )
 _REFRESH_BATCH = 5_000
+_RESEEN_S = 3600.0
+"""A row the map holds active, seen less than this ago, is not written again for another event
+saying the same (every sign-in creates a session): its ``seen_at``, what eviction goes by, is
+exact to this much."""
 _EVICTION_INTERVAL_S = 60.0
+_FULL_EVICTION_INTERVAL_S = 5.0
+"""How often the table's size is checked while the map is full (it may be over its bound)."""
 
 _UPSERT = (
     "INSERT INTO memberships"
     " (user_id, organization_id, source, active, changed_at, seen_at, version)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    # The next version, read in the statement: writers are serialized, so versions grow in commit
+    # order, and each row of a transaction sees the ones written before it.
+    " VALUES (?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(version), 0) + 1 FROM memberships))"
     " ON CONFLICT (user_id, organization_id) DO UPDATE SET"
     # A session never demotes an active membership's source: that is the firmer word.
     " source = CASE WHEN memberships.active = 1 AND excluded.active = 1"
@@ -60,6 +68,7 @@ _UPSERT = (
     " active = excluded.active, changed_at = excluded.changed_at, seen_at = excluded.seen_at,"
     " version = excluded.version"
     " WHERE excluded.changed_at >= memberships.changed_at"
+    " RETURNING user_id, organization_id, source, active, seen_at"
 )
 
 
@@ -111,22 +120,35 @@ class MembershipStore:
         rows: list[tuple[str, str, str, bool, float]] = []
         for record, is_new in zip(records, fresh, strict=True):
             if record.event_type in LEARNED_TYPES and is_new:
-                changed_at = record.created_at if record.created_at is not None else time.time()
-                rows.extend((*row, changed_at) for row in learned_rows(record))
+                now = time.time()
+                changed_at = record.created_at if record.created_at is not None else now
+                for user_id, organization_id, source, active in learned_rows(record):
+                    if not (
+                        active
+                        and self.memberships.seen_since(user_id, organization_id, source, now - _RESEEN_S)
+                    ):
+                        rows.append((user_id, organization_id, source, active, changed_at))
         if rows:
             self.write_rows(tx, rows)
 
     def write_rows(self, tx: Transaction, rows: Sequence[tuple[str, str, str, bool, float]]) -> None:
-        """Upsert (user, organization, source, active, changed_at) rows; the map reads them back
-        once ``tx`` commits (before the events are acknowledged)."""
-        (version,) = tx.execute("SELECT COALESCE(MAX(version), 0) FROM memberships").fetchone()
+        """Upsert (user, organization, source, active, changed_at) rows; the map takes those that
+        changed once ``tx`` commits (before the events are acknowledged)."""
         now = time.time()
-        params = []
+        changed: list[Row] = []
         for user_id, organization_id, source, active, changed_at in rows:
-            version += 1
-            params.append((user_id, organization_id, source, int(active), changed_at, now, version))
-        tx.executemany(_UPSERT, params)
-        tx.after_commit.append(self.refresh)
+            cursor = tx.execute(_UPSERT, (user_id, organization_id, source, int(active), changed_at, now))
+            changed.extend(
+                Row(user, org, how, bool(on), seen) for user, org, how, on, seen in cursor.fetchall()
+            )
+        if changed:
+            tx.after_commit.append(lambda: self.apply(changed))
+
+    def apply(self, rows: list[Row]) -> None:
+        """Rows this process committed, into the map. Under the refresh lock: a refresh that read
+        the table before the commit applies its older state first, never after."""
+        with self._refreshing:
+            self.memberships.apply(rows)
 
     async def store(self, rows: Sequence[tuple[str, str, str, bool, float]]) -> None:
         """Write rows learned elsewhere (the API fill) in their own commit."""
@@ -147,14 +169,16 @@ class MembershipStore:
         total = 0
         while True:
             rows = self.journal.query(
-                "SELECT user_id, organization_id, source, active, version FROM memberships"
+                "SELECT user_id, organization_id, source, active, seen_at, version FROM memberships"
                 " WHERE version > ? ORDER BY version LIMIT ?",
                 (self._version, _REFRESH_BATCH),
             )
             if not rows:
                 return total
-            self.memberships.apply(Row(user, org, how, bool(active)) for user, org, how, active, _ in rows)
-            self._version = max(self._version, int(rows[-1][4]))
+            self.memberships.apply(
+                Row(user, org, how, bool(on), seen) for user, org, how, on, seen, _ in rows
+            )
+            self._version = max(self._version, int(rows[-1][5]))
             total += len(rows)
             if len(rows) < _REFRESH_BATCH:
                 return total
@@ -178,7 +202,8 @@ class MembershipStore:
             )
 
         deleted = await self.journal.write(delete)
-        self.memberships.forget((user, organization) for user, organization in deleted)
+        with self._refreshing:
+            self.memberships.forget((user, organization) for user, organization in deleted)
         metrics.MEMBERSHIP_EVICTIONS.inc(len(deleted))
         metrics.MEMBERSHIPS.set(int(count) - len(deleted))
         logger.info(
@@ -193,7 +218,10 @@ class MembershipStore:
         while True:
             try:
                 await asyncio.to_thread(self.refresh)
-                if time.monotonic() - self._evicted_at >= _EVICTION_INTERVAL_S:
+                metrics.MEMBERSHIP_USERS.set(len(self.memberships))
+                full = len(self.memberships) >= self.settings.max_rows
+                since = time.monotonic() - self._evicted_at
+                if since >= _EVICTION_INTERVAL_S or (full and since >= _FULL_EVICTION_INTERVAL_S):
                     self._evicted_at = time.monotonic()
                     await self.evict()
             except failures as exc:

@@ -149,8 +149,8 @@ MEMBERSHIPS = Gauge(
 )
 MEMBERSHIP_EVICTIONS = Counter(
     "workos_forwarder_membership_evictions",
-    "Users dropped from this process's membership map, and rows from the journal's membership table,"
-    " to stay within FORWARDER_MEMBERSHIPS_MAX, least recently seen first.",
+    "Rows deleted from the journal's membership table to stay within FORWARDER_MEMBERSHIPS_MAX,"
+    " least recently seen first.",
     registry=REGISTRY,
 )
 MEMBERSHIP_LOOKUPS = Counter(
