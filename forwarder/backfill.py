@@ -25,6 +25,8 @@ import orjson
 
 from forwarder.config import ConfigError, Settings, load_environment
 from forwarder.journal import JournalUnavailable
+from forwarder.memberships import MembershipMap
+from forwarder.memberships_store import MembershipSettings, MembershipStore
 from forwarder.sources.events_api import ApiSettings, event_types
 from forwarder.sources.events_api_client import RETENTION_DAYS, ApiRejected, ApiUnavailable, EventsApiClient
 from forwarder.sources.events_sync import EventsSync, PageResult, query_digest
@@ -146,6 +148,7 @@ def backfill(
     try:
         env = load_environment()
         settings = Settings.from_env(env, require_secret=False)
+        memberships = MembershipSettings.from_env(env)
         api = ApiSettings.from_env(env)
         if api is None:
             raise ConfigError(
@@ -176,7 +179,7 @@ def backfill(
     click.echo(f"backfill {window}: {len(types)} event type(s) from {api.url}", err=True)
     progress = _Progress(sys.stderr)
     try:
-        code = asyncio.run(_run(settings, api, types, organization, since, until, progress))
+        code = asyncio.run(_run(settings, memberships, api, types, organization, since, until, progress))
     except KeyboardInterrupt:
         progress.close()
         click.echo(f"interrupted after {progress.summary()}; run the same command again to resume", err=True)
@@ -197,6 +200,7 @@ def state_key(
 
 async def _run(
     settings: Settings,
+    memberships: MembershipSettings,
     api: ApiSettings,
     types: tuple[str, ...],
     organization: str | None,
@@ -207,6 +211,8 @@ async def _run(
     from forwarder.service import open_journal
 
     journal = open_journal(settings)
+    if memberships.max_rows:  # past memberships teach the running service's map too
+        MembershipStore(journal, MembershipMap(memberships.max_rows), memberships)
     client = EventsApiClient(
         api.url, api.api_key, on_wait=progress.notice, max_retry_after_s=settings.max_retry_after_s
     )

@@ -248,7 +248,13 @@ def _describe_by_name(event_type: str) -> Description:
 _CATEGORY_OF: dict[str, str] = {t: t.partition(".")[0] for t in KNOWN_EVENT_TYPES}
 DESCRIPTIONS: dict[str, Description] = {t: _describe_by_name(t) for t in KNOWN_EVENT_TYPES}
 """The description of every known type. Normalization reads it once per event; a miss is a
-type this release does not know: ``UNKNOWN_TYPES.describe`` it."""
+type this release does not know: ``describe_unknown`` it (and, once the event is stored,
+``UNKNOWN_TYPES.stored``)."""
+
+
+def describe_unknown(event_type: str) -> Description:
+    """The description of a type missing from ``DESCRIPTIONS``, from its name alone."""
+    return _describe_by_name(event_type)
 
 
 def outcome(event_type: str) -> Outcome:
@@ -293,10 +299,12 @@ _TYPE_SHAPE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+")
 class UnknownTypes:
     """Types that arrived but are not in the catalog, remembered up to ``capacity``.
 
-    Each new one is logged once, by name, with the way to keep polling it (normalization counts
-    every event of one in ``workos_forwarder_uncatalogued_events_total``, no label: the type is
-    unbounded; this module imports nothing from the project, so ``sinks.base`` can offer its
-    labels). The poller adds the remembered ones to its request (``pollable``), so the
+    Each new one is logged once, by name, with the way to keep polling it. Only stored events
+    count (``stored``, called by the sources once the journal took the event as new, which also
+    count it in ``workos_forwarder_uncatalogued_events_total``, no label: the type is unbounded;
+    this module imports nothing from the project, so ``sinks.base`` can offer its labels): a
+    duplicate, or an event the journal refused, is neither counted nor logged as forwarded.
+    The poller adds the remembered ones to its request (``pollable``), so the
     Events API keeps reconciling a type WorkOS added after this release. Memory is bounded:
     past ``capacity`` distinct types, further ones are counted but neither logged nor polled,
     and that is logged once.
@@ -309,11 +317,10 @@ class UnknownTypes:
         self._full_logged = False
         self._lock = threading.Lock()  # normalization runs on the event loop and in threads
 
-    def describe(self, event_type: str) -> Description:
-        """The description of a type missing from ``DESCRIPTIONS``, from its name; notes the type."""
+    def stored(self, event_type: str) -> None:
+        """An event of ``event_type`` (not in ``KNOWN_EVENT_TYPES``) was stored: note it."""
         if event_type not in self._seen:
             self._note(event_type)
-        return _describe_by_name(event_type)
 
     def seen(self) -> tuple[str, ...]:
         """Every remembered type, in order of first arrival."""
@@ -351,4 +358,4 @@ class UnknownTypes:
 
 
 UNKNOWN_TYPES = UnknownTypes()
-"""The process's record of types outside the catalog (normalization notes, the poller reads)."""
+"""The process's record of types outside the catalog (the sources note, the poller reads)."""

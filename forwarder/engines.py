@@ -55,6 +55,17 @@ CREATE TABLE IF NOT EXISTS state (
     value TEXT NOT NULL,
     updated_at {real} NOT NULL
 );
+CREATE TABLE IF NOT EXISTS memberships (
+    user_id TEXT NOT NULL,
+    organization_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    changed_at {real} NOT NULL,
+    seen_at {real} NOT NULL,
+    version BIGINT NOT NULL,
+    PRIMARY KEY (user_id, organization_id)
+);
+CREATE INDEX IF NOT EXISTS memberships_version ON memberships (version);
 """
 
 
@@ -419,7 +430,7 @@ class PostgresEngine:
         row = conn.execute(
             "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c"
             " JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE c.relname IN ('events', 'cursors', 'dead_letters', 'state')"
+            " WHERE c.relname IN ('events', 'cursors', 'dead_letters', 'state', 'memberships')"
             " AND n.nspname = current_schema()"
         ).fetchone()
         return int(row[0])

@@ -36,13 +36,16 @@ _STOP = object()
 class Transaction:
     """One write transaction, shared by every operation of a group commit."""
 
-    __slots__ = ("_sql", "conn", "shared")
+    __slots__ = ("_sql", "after_commit", "conn", "shared")
 
     def __init__(self, conn: Any, sql: Callable[[str], str]) -> None:
         self.conn = conn
         self._sql = sql
         self.shared: dict[str, Any] = {}
         """What the operations of one commit work out once and share (the journal's backlog)."""
+        self.after_commit: list[Callable[[], object]] = []
+        """Run by the writer thread once the transaction committed, before any caller hears of
+        it (the membership map learns what was stored): never after a rollback."""
 
     def execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
         return self.conn.execute(self._sql(statement), params)
@@ -251,6 +254,11 @@ class GroupCommitWriter:
             conn.execute("COMMIT")
             metrics.JOURNAL_COMMIT.observe(time.perf_counter() - started)
             self.last_error = None
+            for callback in tx.after_commit:
+                try:
+                    callback()
+                except Exception:  # committed: the callers' writes succeeded whatever this did
+                    logger.exception("an after-commit step failed", extra={"journal": engine.location})
         except engine.errors as exc:
             self._abandon_transaction()
             logger.error(

@@ -17,19 +17,22 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from forwarder import failpoints, metrics
 from forwarder.engines import Engine, Lease, SQLiteEngine
 from forwarder.errors import BacklogFull, JournalUnavailable
-from forwarder.group_commit import WRITE_DEADLINE_S, GroupCommitWriter, Transaction
+from forwarder.group_commit import WRITE_DEADLINE_S, GroupCommitWriter, Operation, Transaction
 from forwarder.read_connections import ReadConnections
 from forwarder.records import DeadLetter, Entry, NewRecord, Stats
 
 logger = logging.getLogger("forwarder.journal")
 _MAX_INSERT_ROWS = 64
+
+OnStore = Callable[[Transaction, Sequence[NewRecord], list[bool]], None]
+"""Called inside the transaction that stores records, with each one's "is new" flag."""
 
 
 @functools.cache
@@ -60,6 +63,8 @@ class Journal:
         self._reads = ReadConnections(self.engine)
         self._sinks: list[str] = []
         self._waiting: list[tuple[NewRecord, asyncio.Future[bool]]] = []
+        self.on_store: OnStore | None = None
+        """What else is written with stored records, in their transaction (the membership map)."""
         conn = self.engine.connect(writer=True)
         self.engine.create_schema(conn)
         self._repair_sequence(Transaction(conn, self.engine.sql), begin=True)
@@ -203,6 +208,8 @@ class Journal:
             is_new = rec.event_id in inserted
             inserted.discard(rec.event_id)  # the same id twice in one batch: the first is new
             fresh.append(is_new)
+        if self.on_store is not None:
+            self.on_store(tx, records, fresh)
         if state:
             tx.executemany(
                 "INSERT INTO state (key, value, updated_at) VALUES (?, ?, ?)"
@@ -330,6 +337,10 @@ class Journal:
 
         await self._writer.submit(write_and_undo)
 
+    async def write(self, operation: Operation) -> Any:
+        """Run ``operation`` in the next group commit (a table beside the events: memberships)."""
+        return await self._writer.submit(operation)
+
     def subscribe(self) -> asyncio.Event:
         """An event set after every commit made by this process (other processes: poll)."""
         return self._writer.subscribe()
@@ -342,6 +353,10 @@ class Journal:
             raise JournalUnavailable(f"cannot take the lease of sink {sink!r}: {exc}") from exc
 
     # -- reads (blocking; call through asyncio.to_thread from async code) ---------------
+
+    def query(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Rows of one read-only statement, on this thread's read connection."""
+        return self._reads.query(statement, params)
 
     def read_after(self, seq: int, limit: int) -> list[Entry]:
         rows = self._reads.query(

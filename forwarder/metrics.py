@@ -154,6 +154,30 @@ JOURNAL_WRITABLE = Gauge(
     registry=REGISTRY,
 )
 
+MEMBERSHIP_USERS = Gauge(
+    "workos_forwarder_membership_users",
+    "Users whose organizations this process knows (the in-memory map that attributes events).",
+    registry=REGISTRY,
+)
+MEMBERSHIPS = Gauge(
+    "workos_forwarder_memberships",
+    "(user, organization) rows in the journal's membership table, deleted ones included;"
+    " checked every minute.",
+    registry=REGISTRY,
+)
+MEMBERSHIP_EVICTIONS = Counter(
+    "workos_forwarder_membership_evictions",
+    "Rows deleted from the journal's membership table to stay within FORWARDER_MEMBERSHIPS_MAX,"
+    " least recently seen first.",
+    registry=REGISTRY,
+)
+MEMBERSHIP_LOOKUPS = Counter(
+    "workos_forwarder_membership_lookups",
+    "Lookups of a user's organizations in the WorkOS API, by result (found, none, rejected, failed).",
+    ["result"],
+    registry=REGISTRY,
+)
+
 
 class Exposition:
     """``/metrics`` rendered fresh, unless clients ask faster than a small budget allows.

@@ -27,8 +27,9 @@ from typing import Any, Literal
 
 import orjson
 
-from forwarder import catalog, metrics
+from forwarder import catalog
 from forwarder.errors import InvalidEvent
+from forwarder.memberships import MembershipMap, attribute
 from forwarder.records import NewRecord
 from forwarder.redaction import Redactor
 
@@ -74,6 +75,9 @@ class NormalizeOptions:
     service: str = "workos-events"
     env: str = "production"
     redaction: Redactor | None = None
+    memberships: MembershipMap | None = None
+    """Who belongs to which organization (``forwarder.memberships``): attributes events of a
+    user that carry no organization of their own. None: no attribution."""
 
 
 def normalize(event: Any, options: NormalizeOptions, *, delivery: Delivery = "webhook") -> dict[str, Any]:
@@ -144,11 +148,8 @@ def _normalize(
     context = event.get("context")
     raw_created = event.get("created_at")
 
-    # One lookup for a known type; a miss is a type this release does not know, noted there.
-    described = catalog.DESCRIPTIONS.get(event_type)
-    if described is None:
-        metrics.UNCATALOGUED_EVENTS.inc()
-        described = catalog.UNKNOWN_TYPES.describe(event_type)
+    # One lookup for a known type; a miss is a type this release does not know (noted once stored).
+    described = catalog.DESCRIPTIONS.get(event_type) or catalog.describe_unknown(event_type)
     category, outcome, status, evt_category = described
     created = _parse_time(raw_created)
 
@@ -205,10 +206,14 @@ def _normalize(
     organization_id = _organization_id(data, category)
     if organization_id:
         workos["organization_id"] = organization_id
+    if evt_category or (user_id and not organization_id):
+        attribute(workos, organization_id, user_id, evt_category is not None, options.memberships)
     if isinstance(context, dict):
         actor = context.get("actor")
         if isinstance(actor, dict) and actor:
             workos["actor"] = actor
+    if category == "vault":
+        _vault_actor(record, workos, data)
     workos["data"] = data
     if context is not None:
         workos["context"] = context
@@ -251,14 +256,50 @@ def _error(data: dict[str, Any], outcome: str) -> tuple[str | None, str | None]:
 
 
 def _organization_id(data: dict[str, Any], category: str) -> str | None:
+    """The organization the event is about, by the rule of docs/record.md ("Which organization"):
+    ``data.organization_id``, else the first of the nested objects that carries one, else the
+    owner of an API key, else an organization event's own id. Never a guess: an event that
+    names no organization (or two, as ``agent.registration.organization.switched``) has none."""
     organization_id = _text(data.get("organization_id"))
     if organization_id:
         return organization_id
-    for nested in ("sso", "organization_domain"):  # sso_* events; domain verification_failed
+    for nested in _ORGANIZATION_HOLDERS:
         value = data.get(nested)
-        if isinstance(value, dict) and (organization_id := _text(value.get("organization_id"))):
+        if (
+            type(value) is dict
+            and (organization_id := _text(value.get("organization_id")))
+            and organization_id != "null"
+        ):
             return organization_id
+    owner = data.get("owner")  # api_key.*: owned by an organization, or by a user in one
+    if type(owner) is dict and owner.get("type") == "organization":
+        return _text(owner.get("id"))
     return _text(data.get("id")) if category == "organization" else None
+
+
+_ORGANIZATION_HOLDERS = ("sso", "organization_domain", "connection", "group", "user", "owner", "claimed_by")
+"""Nested objects whose ``organization_id`` is the event's, in the order they are looked at:
+``sso`` (authentication.sso_*), ``organization_domain`` (its verification_failed), ``connection``
+(connection.saml_certificate_*), ``group`` then ``user`` (dsync.group.user_*), ``owner`` (a
+user's api_key.*), ``claimed_by`` (agent.registration.claim.completed, which may say "null")."""
+
+
+def _vault_actor(record: dict[str, Any], workos: dict[str, Any], data: dict[str, Any]) -> None:
+    """vault.*: who read, wrote or decrypted. ``actor_id`` and ``actor_name`` are Datadog's
+    ``usr.id`` and ``usr.name`` (the one who acted); ``actor_source`` (api, dashboard) has no
+    standard attribute, so the three go to ``workos.actor`` too, the shape of ``context.actor``."""
+    actor_id, actor_name = _text(data.get("actor_id")), _text(data.get("actor_name"))
+    if not actor_id and not actor_name:
+        return
+    if "usr" not in record:
+        usr = record["usr"] = {}
+        if actor_id:
+            usr["id"] = actor_id
+        if actor_name:
+            usr["name"] = actor_name
+    if "actor" not in workos:
+        actor = {"id": actor_id, "source": _text(data.get("actor_source")), "name": actor_name}
+        workos["actor"] = {key: value for key, value in actor.items() if value}
 
 
 def _parse_time(raw: Any) -> datetime | None:

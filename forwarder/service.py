@@ -13,7 +13,7 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from starlette.applications import Starlette
@@ -27,8 +27,9 @@ from forwarder.delivery import DeliveryLoop
 from forwarder.engines import SQLiteEngine, engine_for
 from forwarder.journal import Journal, JournalUnavailable
 from forwarder.masking import scrub
+from forwarder.memberships_store import open_memberships
 from forwarder.signature import Verifier
-from forwarder.sources import load_sources
+from forwarder.sources import load_sources, memberships_api
 from forwarder.sources.webhook import Receive, Scope, Send, WebhookEndpoint
 from forwarder.supervisor import Supervised, start
 from sinks.base import Sink, load_sinks
@@ -76,7 +77,14 @@ class Forwarder:
         self.settings = settings
         self.sinks: list[Sink] = load_sinks(env)
         self.journal = open_journal(settings)
-        self.sources = load_sources(env, self.journal, settings.normalize)
+        self.memberships = open_memberships(env, self.journal)
+        self.options = replace(
+            settings.normalize, memberships=self.memberships.memberships if self.memberships else None
+        )
+        """How events are normalized here: the settings', with the membership map that attributes them."""
+        self.sources = load_sources(env, self.journal, self.options)
+        if self.memberships is not None and (lookups := memberships_api.create(env, self.memberships)):
+            self.sources.append(lookups)
         self.ready_requires_sinks = switch(env, "FORWARDER_READY_REQUIRES_SINKS", False)
         self.prune_interval_s = duration(env, "FORWARDER_PRUNE_INTERVAL", "60s")
         self.drain_delay_s = duration(env, "FORWARDER_DRAIN_DELAY", "0s")
@@ -107,6 +115,8 @@ class Forwarder:
             self._delivery_tasks.append(self._start(f"delivery:{sink.name}", loop.run, loop.crashed))
         self._other_tasks.append(self._start("housekeeping", self._housekeeping))
         self._other_tasks.append(self._start("retention", self._retention))
+        if self.memberships is not None:
+            self._other_tasks.append(self._start("memberships", self.memberships.run))
         for source in self.sources:
             self._source_tasks.append(self._start(f"source:{source.name}", source.run))
         # Armed once running: a rehearsal exercises recovery, not a failed start.
@@ -284,7 +294,7 @@ def build_app(settings: Settings, env: Mapping[str, str]) -> WebhookFirst:
     webhook = WebhookEndpoint(
         Verifier(settings.secrets, settings.signature_tolerance_s),
         forwarder.journal,
-        settings.normalize,
+        forwarder.options,
         max_body_bytes=settings.max_body_bytes,
         body_timeout_s=settings.body_timeout_s,
     )

@@ -246,13 +246,15 @@ def test_an_unknown_type_is_logged_once_and_described_by_its_name(
     warnings_logged: Callable[[], list[str]],
 ) -> None:
     unknown = catalog.UnknownTypes(capacity=10)
+    assert catalog.describe_unknown("authentication.webauthn_failed") == (
+        "authentication",
+        "failure",
+        "error",
+        "authentication",
+    )
+    assert warnings_logged() == []  # described, not stored: nothing to say yet
     for _ in range(3):
-        assert unknown.describe("authentication.webauthn_failed") == (
-            "authentication",
-            "failure",
-            "error",
-            "authentication",
-        )
+        unknown.stored("authentication.webauthn_failed")
     (line,) = warnings_logged()
     assert "'authentication.webauthn_failed' is not in this release's catalog" in line
     assert "WORKOS_EVENTS=*,authentication.webauthn_failed" in line
@@ -264,13 +266,13 @@ def test_memory_is_bounded_and_only_type_shaped_names_are_polled(
 ) -> None:
     unknown = catalog.UnknownTypes(capacity=3)
     for event_type in ("new.one", "Not A Type!", "new.two", "new.three", "new.four", "new.one"):
-        unknown.describe(event_type)
+        unknown.stored(event_type)
     assert unknown.seen() == ("new.one", "Not A Type!", "new.two")
     assert unknown.pollable() == ("new.one", "new.two")
     lines = warnings_logged()
     assert len(lines) == 4  # three types, then once: no more are tracked
     assert "further ones are counted but neither logged nor polled" in lines[-1]
-    unknown.describe("new.five")
+    unknown.stored("new.five")
     assert len(warnings_logged()) == 4
 
 
@@ -354,3 +356,19 @@ def test_an_unknown_webhook_type_is_logged_once_counted_and_polled_from_then_on(
     assert len(noted) == 1
     assert f"WORKOS_EVENTS=*,{new_type}" in noted[0]["message"]
     assert any("polling the known types only" in log["message"] for log in logs)
+
+
+def test_an_unknown_type_under_a_stored_id_is_neither_counted_nor_logged(start_service: StartService) -> None:
+    service = start_service()
+    stored = make_event("agent.workflow.created")
+    assert service.post(stored).json()["status"] == "accepted"
+    again = [stored, make_event("agent.workflow.renamed", id=stored["id"])]
+
+    assert [service.post(event).json()["status"] for event in again] == ["duplicate", "duplicate"]
+
+    assert service.metric("workos_forwarder_uncatalogued_events_total") == 1
+    lines = [
+        orjson.loads(line) for line in service.stderr_path.read_text().splitlines() if line.startswith("{")
+    ]
+    forwarded = [line["event_type"] for line in lines if "is forwarded" in line.get("message", "")]
+    assert forwarded == ["agent.workflow.created"]

@@ -170,6 +170,9 @@ def test_the_issue_s_monitors_are_all_there() -> None:
         "domain verification failures": lambda q: "organization_domain.verification_failed" in q,
         "no records for hours": lambda q: q.endswith("< 1") and 'last("6h")' in q,
         "dead letters growing": lambda q: "dead_lettered" in q,
+        "authentication failures spike for one organization": lambda q: (
+            "@evt.category:authentication @evt.outcome:failure" in q and '.by("@workos.organization_id")' in q
+        ),
     }
     for what, matches in expectations.items():
         assert any(matches(query) for query in queries.values()), what

@@ -226,7 +226,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         ua=USER_AGENT,
     ),
     "agent_registration_created": _expect("info/info/agent", "agent.registration.created", org=ORG_ID),
-    "api_key_created": _expect("info/info/api_key", "api_key.created", actor=True),
+    "api_key_created": _expect("info/info/api_key", "api_key.created", org=ORG_ID, actor=True),
     "connection_activated": _expect("info/info/connection", "connection.activated", org=ORG_ID, actor=True),
     "connection_deactivated": _expect("info/info/connection", "connection.deactivated", org=ORG_ID),
     "dsync_user_created": _expect(
@@ -236,6 +236,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "info/info/dsync",
         f"dsync.group.user_added for {EMAIL}",
         usr={"id": DIRECTORY_USER_ID, "email": EMAIL},
+        org=ORG_ID,
     ),
     "dsync_activated": _expect("info/info/dsync", "dsync.activated", org=ORG_ID),
     "email_verification_created": _expect(
@@ -415,6 +416,8 @@ def test_a_record_is_exactly_the_contract_shape() -> None:
             "category": "authentication",
             "created_at": event["created_at"],
             "organization_id": ORG_ID,
+            "organization_ids": [ORG_ID],
+            "attribution": "event",
             "data": event["data"],
             "context": {},
             "delivery": "api",

@@ -86,10 +86,15 @@ class EventsApiClient:
             "organization_id": organization_id,
         }
         params.update({name: value for name, value in optional.items() if value is not None})
+        return await self.get_list("/events", params)
+
+    async def get_list(self, path: str, params: dict[str, str | int]) -> Page:
+        """One page of any WorkOS list endpoint (``{"data": [...], "list_metadata": {"after"}}``),
+        with the retries of ``list_events`` (the membership lookups use it too)."""
         failures = limited = 0
         while True:
             try:
-                response = await self._http.get("/events", params=params)
+                response = await self._http.get(path, params=params)
             except httpx.TransportError as exc:
                 reason = f"cannot reach {self.url}: {type(exc).__name__} {exc}".rstrip()
             else:
@@ -98,7 +103,7 @@ class EventsApiClient:
                     try:
                         return decode_page(response.content)
                     except ValueError as exc:
-                        reason = f"unexpected answer from {self.url}/events: {exc}"
+                        reason = f"unexpected answer from {self.url}{path}: {exc}"
                 elif status == 429:
                     limited += 1
                     header = response.headers.get("retry-after")
@@ -109,9 +114,9 @@ class EventsApiClient:
                         await self._wait(f"rate limited (429), Retry-After: {header}", wait)
                     continue
                 elif status >= 500 or status == 408:
-                    reason = f"Events API answered {status}"
+                    reason = f"{_api_name(path)} answered {status}"
                 else:
-                    raise ApiRejected(status, _explain(status, response, self.url))
+                    raise ApiRejected(status, _explain(status, response, self.url, path))
             failures += 1
             if failures >= self._max_attempts:
                 raise ApiUnavailable(f"{reason}; gave up after {failures} attempts")
@@ -123,7 +128,7 @@ class EventsApiClient:
         await asyncio.sleep(seconds)
 
 
-def _explain(status: int, response: httpx.Response, url: str) -> str:
+def _explain(status: int, response: httpx.Response, url: str, path: str = "/events") -> str:
     """The refusal in one line: what the API said and what to change."""
     try:
         body = orjson.loads(response.content)
@@ -147,6 +152,8 @@ def _explain(status: int, response: httpx.Response, url: str) -> str:
             "WORKOS_API_KEY is valid but may not read events: give the key permission to read events "
             "(WorkOS dashboard, API Keys) or use a key of the environment that owns the events"
         )
+    elif status == 404 and path != "/events":
+        cause = f"{url}{path} found nothing to list"
     elif status == 404:
         cause = f"there is no Events API at {url}/events: check WORKOS_API_URL (default {DEFAULT_API_URL})"
     else:
@@ -156,4 +163,8 @@ def _explain(status: int, response: httpx.Response, url: str) -> str:
             "--organization, org_...), or a date range the API will not serve (--since/--until: "
             f"within the last {RETENTION_DAYS} days, at most {RETENTION_DAYS} days apart)"
         )
-    return f"Events API answered {status} ({said}): {cause}"
+    return f"{_api_name(path)} answered {status} ({said}): {cause}"
+
+
+def _api_name(path: str) -> str:
+    return "Events API" if path == "/events" else f"WorkOS API ({path})"

@@ -353,6 +353,9 @@ class EventsSync:
                 new += 1
                 if record.created_at is not None:
                     metrics.ARRIVAL_DELAY.labels("api").observe(max(now - record.created_at, 0.0))
+                if record.event_type not in catalog.KNOWN_EVENT_TYPES:
+                    metrics.UNCATALOGUED_EVENTS.inc()
+                    catalog.UNKNOWN_TYPES.stored(record.event_type)
         if new:
             metrics.RECONCILED_EVENTS.labels("api_only").inc(new)
         return PageResult(

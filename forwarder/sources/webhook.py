@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from forwarder import metrics
+from forwarder import catalog, metrics
 from forwarder.journal import Journal, JournalUnavailable
 from forwarder.logs import RateLimitedLog
 from forwarder.normalize import InvalidEvent, NormalizeOptions, body_error, journal_record
@@ -195,6 +195,9 @@ class WebhookEndpoint:
             self._results["accepted"].inc()
             if created_at is not None:
                 self._arrival_delay.observe(max(time.time() - created_at, 0.0))
+            if record.event_type not in catalog.KNOWN_EVENT_TYPES:
+                metrics.UNCATALOGUED_EVENTS.inc()
+                catalog.UNKNOWN_TYPES.stored(record.event_type)
         else:
             self._results["duplicate"].inc()
         result = b"accepted" if fresh else b"duplicate"

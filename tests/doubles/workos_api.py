@@ -15,6 +15,13 @@ publishes events between polls, and ``add_raw`` publishes one served as given by
 no decoder of the forwarder reads, see ``too_deep``). Every request is recorded (params, answer,
 time) for assertions.
 
+For the membership lookups: ``GET /user_management/organization_memberships`` lists
+``memberships`` (organization membership objects) filtered by ``user_id`` and ``statuses``
+(comma-joined), ``limit`` per page with an ``after`` cursor (a membership id); a ``user_id``
+in ``missing_users`` is answered 404 as WorkOS answers an unknown user, and ``fail_next`` /
+``rate_limit`` apply to it too (the Events API poller should be off in such a test). Its
+requests are recorded in ``membership_requests``.
+
 For ``doctor``: ``GET /connections`` and ``GET /directories`` list ``connections`` and
 ``directories`` (``limit`` honoured, same key check), and every answer carries this double's
 own ``Date`` header, ``clock_offset_s`` away from the real time (a WorkOS whose clock differs
@@ -127,8 +134,12 @@ class WorkOSEventsAPI:
         self.connections: list[dict[str, Any]] = []
         self.directories: list[dict[str, Any]] = []
         self.clock_offset_s = 0.0
+        self.memberships: list[dict[str, Any]] = []
+        self.missing_users: set[str] = set()
+        self.membership_requests: list[ApiRequest] = []
         routes = [
             Route("/events", self._list, methods=["GET"]),
+            Route("/user_management/organization_memberships", self._memberships, methods=["GET"]),
             Route("/connections", self._resources, methods=["GET"]),
             Route("/directories", self._resources, methods=["GET"]),
         ]
@@ -198,6 +209,43 @@ class WorkOSEventsAPI:
         limit = int(request.query_params.get("limit", "10"))
         body = {"object": "list", "data": items[:limit], "list_metadata": {"before": None, "after": None}}
         return Response(orjson.dumps(body), 200, self._dated({}), media_type="application/json")
+
+    async def _memberships(self, request: Request) -> Response:
+        params = dict(request.query_params)
+        status, headers, body, returned = self._membership_answer(request, params)
+        self.membership_requests.append(ApiRequest(params, status, returned, time.time()))
+        return Response(orjson.dumps(body), status, self._dated(headers), media_type="application/json")
+
+    def _membership_answer(
+        self, request: Request, params: dict[str, str]
+    ) -> tuple[int, dict[str, str], dict[str, Any], int]:
+        if request.headers.get("authorization") != f"Bearer {self.api_key}":
+            return 401, {}, {"message": "Unauthorized", "code": "unauthorized"}, 0
+        with self._lock:
+            if self._failures:
+                status, headers = self._failures.pop(0)
+                return status, headers, {"message": f"emulated {status}"}, 0
+        user_id = params.get("user_id", "")
+        if user_id in self.missing_users:
+            return 404, {}, {"message": f"User not found: '{user_id}'.", "code": "entity_not_found"}, 0
+        statuses = set(filter(None, params.get("statuses", "").split(",")))
+        listed = [
+            membership
+            for membership in self.memberships
+            if (not user_id or membership["user_id"] == user_id)
+            and (not statuses or membership["status"] in statuses)
+        ]
+        begin = 0
+        if "after" in params:
+            ids = [membership["id"] for membership in listed]
+            if params["after"] not in ids:
+                return 400, {}, {"message": f"after: no membership {params['after']!r}"}, 0
+            begin = ids.index(params["after"]) + 1
+        limit = int(params.get("limit", "10"))
+        page = listed[begin : begin + limit]
+        more = begin + len(page) < len(listed)
+        metadata = {"before": None, "after": page[-1]["id"] if page and more else None}
+        return 200, {}, {"object": "list", "data": page, "list_metadata": metadata}, len(page)
 
     def _dated(self, headers: dict[str, str]) -> dict[str, str]:
         return {**headers, "date": formatdate(time.time() + self.clock_offset_s, usegmt=True)}

@@ -376,7 +376,7 @@ async def test_new_types_the_api_refuses_are_dropped_and_polling_goes_on(
 ) -> None:
     unknown = catalog.UnknownTypes()
     monkeypatch.setattr(catalog, "UNKNOWN_TYPES", unknown)  # a fresh record, not the process's
-    unknown.describe("widget.assembled")
+    unknown.stored("widget.assembled")
     api = FakeEventsApi()
     api.add(events(20))
     journal = open_journal()
