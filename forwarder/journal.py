@@ -178,9 +178,7 @@ class Journal:
     def _submit_waiting(self, loop: asyncio.AbstractEventLoop) -> None:
         waiting, self._waiting = self._waiting, []
         records = [record for record, _ in waiting]
-        written: asyncio.Future[list[bool]] = loop.create_future()
-        written.add_done_callback(functools.partial(_settle_each, waiting))
-        self._writer.enqueue(lambda tx: self._append(tx, records, None), written, loop)
+        self._writer.enqueue(lambda tx: self._append(tx, records, None), _EachWaiting(waiting), loop)
 
     def _append(
         self, tx: Transaction, records: Sequence[NewRecord], state: Mapping[str, str] | None
@@ -427,19 +425,33 @@ class Journal:
         return self._backlog_limit
 
 
-def _settle_each(
-    waiting: list[tuple[NewRecord, asyncio.Future[bool]]], written: asyncio.Future[list[bool]]
-) -> None:
-    """Hand each ``append_one`` caller its record's outcome (or the write's error)."""
-    error = written.exception()
-    fresh = written.result() if error is None else [False] * len(waiting)
-    for (_, future), is_new in zip(waiting, fresh, strict=True):
-        if future.done():  # the request went away (client disconnect)
-            continue
-        if error is None:
-            future.set_result(is_new)
-        else:
-            future.set_exception(error)
+class _EachWaiting:
+    """The outcome of one write shared by several ``append_one`` callers: each gets its record's.
+
+    The writer settles it on the event loop, as it would a future, and it settles each
+    caller's future at once: an intermediate future cost a done-callback and a loop turn.
+    """
+
+    __slots__ = ("_settled", "_waiting")
+
+    def __init__(self, waiting: list[tuple[NewRecord, asyncio.Future[bool]]]) -> None:
+        self._waiting = waiting
+        self._settled = False
+
+    def done(self) -> bool:
+        return self._settled
+
+    def set_result(self, fresh: list[bool]) -> None:
+        self._settled = True
+        for (_, future), is_new in zip(self._waiting, fresh, strict=True):
+            if not future.done():  # done: the request went away (client disconnect)
+                future.set_result(is_new)
+
+    def set_exception(self, error: BaseException) -> None:
+        self._settled = True
+        for _, future in self._waiting:
+            if not future.done():
+                future.set_exception(error)
 
 
 def _filters(**equal: str | None) -> tuple[str, list[str]]:
