@@ -78,10 +78,11 @@ class _Connection(asyncio.Protocol):
 
 
 class ConstantRate:
-    def __init__(self, requests: Iterator[bytes], rate: float, duration: float) -> None:
+    def __init__(self, requests: Iterator[bytes], rate: float, duration: float, grace: float = 30.0) -> None:
         self._requests = requests
         self._rate = rate
         self._duration = duration
+        self._grace = grace
         self._idle: collections.deque[_Connection] = collections.deque()
         self._queue: collections.deque[tuple[bytes, float]] = collections.deque()
         self.latencies: list[float] = []
@@ -138,7 +139,7 @@ class ConstantRate:
             # request would cost the generator more than the requests themselves.
             await asyncio.sleep(max(start + index * interval - time.perf_counter(), _TICK_S))
         sent_for = time.perf_counter() - start
-        deadline = time.perf_counter() + 30
+        deadline = time.perf_counter() + self._grace
         while (self._queue or self._outstanding) and time.perf_counter() < deadline:
             await asyncio.sleep(0.01)
         return sent_for
@@ -151,7 +152,7 @@ def _percentile(ordered: list[float], fraction: float) -> float:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    generator = ConstantRate(iter_requests(args.file), args.rate, args.duration)
+    generator = ConstantRate(iter_requests(args.file), args.rate, args.duration, args.grace)
     sent_for = await generator.run(args.host, args.port, args.connections)
     ordered = sorted(generator.latencies)
     us = 1_000_000
@@ -180,6 +181,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--rate", type=float, default=5000.0, help="requests per second")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds")
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the last answers after the schedule [30]",
+    )
     parser.add_argument("--connections", type=int, default=64)
     uvloop.run(_main(parser.parse_args()))
 

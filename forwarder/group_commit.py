@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from forwarder import failpoints, metrics
 from forwarder.engines import Engine
@@ -59,10 +59,23 @@ class Transaction:
 Operation = Callable[[Transaction], Any]
 
 
+class Outcome(Protocol):
+    """Where an operation's result goes: an ``asyncio.Future``, or anything settled like one.
+
+    Settled on the caller's event loop, never on the writer thread.
+    """
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Any, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
 @dataclass(slots=True)
 class _Op:
     fn: Operation
-    future: asyncio.Future[Any]
+    future: Outcome
     loop: asyncio.AbstractEventLoop
     deadline: float = 0.0
 
@@ -110,7 +123,7 @@ class GroupCommitWriter:
         self.enqueue(fn, future, loop)
         return await future
 
-    def enqueue(self, fn: Operation, future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
+    def enqueue(self, fn: Operation, future: Outcome, loop: asyncio.AbstractEventLoop) -> None:
         """Queue ``fn``; ``future`` (of ``loop``) gets its result, or the write's error by the deadline."""
         if not self._running:
             future.set_exception(JournalUnavailable("the journal writer is not running"))
@@ -221,19 +234,20 @@ class GroupCommitWriter:
 
     def _take_batch(self) -> tuple[list[_Op], bool]:
         """Everything queued now (waiting for the first); True if ``close`` came after it."""
+        ops = self._ops
         batch: list[_Op] = []
-        first = self._ops.get()
+        first = ops.get()
         if first is _STOP:
             return batch, True
         batch.append(first)
-        while True:
-            try:
-                op = self._ops.get_nowait()
-            except queue.Empty:
-                return batch, False
+        # This thread is the only consumer: what empty() says is there stays there. Ending on
+        # queue.Empty instead raised and caught an exception per commit.
+        while not ops.empty():
+            op = ops.get_nowait()
             if op is _STOP:
                 return batch, True
             batch.append(op)
+        return batch, False
 
     def _commit(self, batch: list[_Op]) -> None:
         outcomes: list[_Outcome] = []
@@ -304,6 +318,6 @@ class GroupCommitWriter:
             event.set()
 
 
-def _expire(future: asyncio.Future[Any], deadline: float) -> None:
+def _expire(future: Outcome, deadline: float) -> None:
     if not future.done():
         future.set_exception(JournalUnavailable(f"journal write did not finish within {deadline:g} s"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
 
 from forwarder.loop_metrics import LoopCounter, LoopHistogram
@@ -75,12 +75,16 @@ SINK_HEALTHY = Gauge(
 DEAD_LETTERS = Gauge(
     "workos_forwarder_dead_letters", "Dead letters waiting for replay, by sink.", ["sink"], registry=REGISTRY
 )
-JOURNAL_COMMIT = Histogram(
+# Observed by the journal's writer thread only (one at a time): the lock-free kind too, which
+# spares every group commit about 8,000 instructions. A scrape may see the sum one commit
+# behind the count; never a lost observation.
+JOURNAL_COMMIT = LoopHistogram(
     "workos_forwarder_journal_commit_seconds",
     "Time of one group commit (fsync included); its count is the number of commits.",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
     registry=REGISTRY,
 )
+JOURNAL_COMMIT.labels()  # its one value made now: the writer never grows a dict a scrape reads
 JOURNAL_EVENTS = Gauge("workos_forwarder_journal_events", "Records held in the journal.", registry=REGISTRY)
 JOURNAL_BYTES = Gauge("workos_forwarder_journal_bytes", "Size of the journal on disk.", registry=REGISTRY)
 

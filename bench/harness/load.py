@@ -39,11 +39,13 @@ def wrk(url: str, files: list[Path], *, duration_s: float, connections: int) -> 
     return result
 
 
-def loadgen(port: int, file: Path, *, rate: float, duration_s: float, connections: int) -> dict[str, Any]:
+def loadgen(
+    port: int, file: Path, *, rate: float, duration_s: float, connections: int, grace_s: float = 30.0
+) -> dict[str, Any]:
     argv = [
         "taskset", "-c", LOAD_CORE, sys.executable, "-m", "bench.loadgen", str(file),
         "--port", str(port), "--rate", f"{rate:g}", "--duration", f"{duration_s:g}",
-        "--connections", str(connections),
+        "--connections", str(connections), "--grace", f"{grace_s:g}",
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=ROOT)
     return bench_line(done.stdout)

@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from forwarder.engines import SCHEMA_VERSION
 from forwarder.normalize import NormalizeOptions, journal_record
 from tests.conftest import with_flaky_sink
 from tests.samples import make_event
@@ -272,3 +273,39 @@ def test_a_version_1_journal_with_a_backlog_keeps_it_through_the_upgrade(
     new = acknowledge(service, 2)
     wait_delivered(new, service.record_ids, "jsonl")
     assert sorted(service.record_ids()) == sorted([event["id"] for event in old[2:]] + new)
+
+
+# The schema the previous release (version 2) wrote, as it wrote it: the journal must open it.
+VERSION_2_SCHEMA = VERSION_1_SCHEMA.replace(
+    "seq INTEGER PRIMARY KEY,", "seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+).replace("CREATE TABLE events", "PRAGMA user_version = 2;\nCREATE TABLE events")
+
+
+def test_a_version_2_journal_with_a_backlog_opens_and_delivers_every_record(
+    start_service: StartService, tmp_path: Path
+) -> None:
+    """Promise: a journal the previous release wrote, holding records a sink has not had yet,
+    opens in place; every record after the cursor is delivered once, then the new ones."""
+    path = tmp_path / "svc" / "journal.sqlite3"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = [make_event("user.created") for _ in range(30)]
+    with sqlite3.connect(path) as conn:
+        conn.executescript(VERSION_2_SCHEMA)
+        conn.execute("INSERT INTO cursors VALUES ('jsonl', 10, 0)")
+        for event in old:
+            record = journal_record(event, NormalizeOptions(), delivery="webhook")
+            conn.execute(
+                "INSERT INTO events (event_id, event_type, created_at, received_at, record)"
+                " VALUES (?, ?, ?, 1.0, ?)",
+                (record.event_id, record.event_type, record.created_at, record.json),
+            )
+    service = start_service()
+
+    backlog = [event["id"] for event in old[10:]]
+    wait_delivered(backlog, service.record_ids, "jsonl")
+    assert service.post(old[0]).json()["status"] == "duplicate"  # the ids still deduplicate
+    new = acknowledge(service, 3)
+    wait_delivered(new, service.record_ids, "jsonl")
+    assert sorted(service.record_ids()) == sorted(backlog + new)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
