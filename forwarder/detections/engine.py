@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import zlib
 from base64 import b64decode, b64encode
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,8 @@ NEW_COUNTRY = About(
 )
 BUILT_IN = (IMPOSSIBLE_TRAVEL, NEW_COUNTRY)
 
-_SWEEP_EVERY = 1000
+_SWEEP_EVERY_S = 60.0
+"""Expired state is let go each time the watermark has moved this much event time."""
 _SNAPSHOT_VERSION = 1
 Group = CountGroup | SequenceGroup | geo.TravelGroup | geo.CountryGroup
 
@@ -82,6 +84,9 @@ class _Use:
     correlation: Correlation
     slot: int
     checks: tuple[Check, ...]
+    value_fields: tuple[str, ...]
+    fields: tuple[str, ...]
+    """The group-by fields, then the counted ones: what the correlation reads of a record."""
 
 
 @dataclass(slots=True)
@@ -94,17 +99,21 @@ class Engine:
     """The latest event time seen: windows before it (minus their span and lateness) are let go."""
     events: int = 0
     shed: Shed = field(default_factory=Shed)
-    _groups: dict[tuple[str, tuple[str, ...]], Any] = field(default_factory=dict)
+    _groups: OrderedDict[tuple[str, tuple[str, ...]], Any] = field(default_factory=OrderedDict)
+    """Every group's state, least recently used first."""
     _uses: dict[str, list[_Use]] = field(default_factory=dict)
     _type_verdicts: dict[str, tuple[BaseRule, ...]] = field(default_factory=dict)
     _by_type: bool = False
-    _processed: int = 0
+    _swept: float = float("-inf")
+    """The watermark at the last sweep."""
 
     def __post_init__(self) -> None:
         for correlation in self.rules.correlations.values():
             checks = _checks(correlation)
+            counted = correlation.value_fields
+            fields = (*correlation.group_by, *counted)
             for slot, source in enumerate(correlation.sources):
-                self._uses.setdefault(source, []).append(_Use(correlation, slot, checks))
+                self._uses.setdefault(source, []).append(_Use(correlation, slot, checks, counted, fields))
         # Rules that read only evt.* fields depend on the event type alone (the catalog
         # derives evt.* from it): their verdict is cached per type, and a record no rule
         # can match is not even decoded.
@@ -122,9 +131,9 @@ class Engine:
             self.seq = entry.seq
             if entry.event_type != FIRING_TYPE:  # firings never feed back into detection
                 firings.extend(self._process(entry))
-            self._processed += 1
-            if self._processed % _SWEEP_EVERY == 0:
+            if self.watermark >= self._swept + _SWEEP_EVERY_S:
                 self._sweep()
+                self._swept = self.watermark
         return firings
 
     def _process(self, entry: Entry) -> list[Firing]:
@@ -146,18 +155,23 @@ class Engine:
             if rule.standalone:
                 firings.append(Firing(rule.about, {"workos.id": event_id}, time, time, 1, (event_id,), time))
             for use in self._uses.get(rule.about.name, ()):
-                values = {name: _key(value_at(record, name)) for name in _fields(use.correlation)}
-                firings.extend(self._feed(use, time, event_id, values))
+                values = {name: _key(value_at(record, name)) for name in use.fields}
+                firings.extend(self._feed(use, time, event_id, values, time))
         firings.extend(self._located(record, time, event_id))
         self._bound()
         return firings
 
-    def _feed(self, use: _Use, time: float, event_id: str, values: dict[str, str | None]) -> list[Firing]:
+    def _feed(
+        self, use: _Use, time: float, event_id: str, values: dict[str, str | None], cause: float
+    ) -> list[Firing]:
+        """Add one event (or a qualifying moment of a used correlation) to ``use``'s group.
+
+        ``cause`` is the event time of the record being processed: the firing's date.
+        """
         correlation = use.correlation
-        key = tuple(values.get(name) for name in correlation.group_by)
-        if any(part is None for part in key):
+        group_key = tuple([values.get(name) for name in correlation.group_by])
+        if None in group_key:
             return []  # no value to group by: like SQL, the event belongs to no group
-        group_key = tuple(str(part) for part in key)
         span = correlation.span_s
         if correlation.kind == "temporal_ordered":
             sequence = self._group(
@@ -174,13 +188,15 @@ class Engine:
             counted = self._group(correlation.about.name, group_key, CountGroup)
             before = len(counted)
             windows = counted.add(
-                time, event_id, tuple(values.get(name) for name in correlation.value_fields), span, use.checks
+                time, event_id, tuple(values.get(name) for name in use.value_fields), span, use.checks
             )
             self.events += len(counted) - before
             dropped = counted.shed_oldest(self.limits.max_group_events)
             self.events -= dropped
             self.shed.events += dropped
             attacks = counted.attacks
+        if not windows:
+            return []
         group = dict(zip(correlation.group_by, group_key, strict=True))
         firings = []
         for window in windows:
@@ -193,12 +209,12 @@ class Engine:
                         window.end,
                         window.count,
                         window.event_ids,
-                        time,
+                        cause,
                         window.distinct,
                     )
                 )
             for parent in self._uses.get(correlation.about.name, ()):
-                firings.extend(self._feed(parent, window.end, window.anchor_id, dict(group)))
+                firings.extend(self._feed(parent, window.end, window.anchor_id, dict(group), cause))
         return firings
 
     def _located(self, record: dict[str, Any], time: float, event_id: str) -> list[Firing]:
@@ -274,17 +290,17 @@ class Engine:
     def _group(self, rule: str, key: tuple[str, ...], make: Any) -> Any:
         """The group's state, marked most recently used (created when new)."""
         full = (rule, key)
-        group = self._groups.pop(full, None)
+        group = self._groups.get(full)
         if group is None:
-            group = make()
-        self._groups[full] = group
+            group = self._groups[full] = make()
+        else:
+            self._groups.move_to_end(full)
         return group
 
     def _bound(self) -> None:
         limits = self.limits
         while self._groups and (len(self._groups) > limits.max_groups or self.events > limits.max_events):
-            full = next(iter(self._groups))
-            group = self._groups.pop(full)
+            _, group = self._groups.popitem(last=False)
             self.events -= len(group)
             self.shed.groups += 1
             self.shed.events += len(group)
@@ -324,7 +340,7 @@ class Engine:
             "version": _SNAPSHOT_VERSION,
             "seq": self.seq,
             "watermark": self.watermark if self.watermark != float("-inf") else None,
-            "processed": self._processed,
+            "swept": self._swept if self._swept != float("-inf") else None,
             "groups": groups,
         }
         return b64encode(zlib.compress(orjson.dumps(document), 1)).decode("ascii")
@@ -335,7 +351,7 @@ class Engine:
         if document.get("version") != _SNAPSHOT_VERSION:
             raise ValueError(f"unknown detection checkpoint version {document.get('version')!r}")
         known = {*self.rules.correlations, IMPOSSIBLE_TRAVEL.name, NEW_COUNTRY.name}
-        self._groups = {}
+        self._groups = OrderedDict()
         self.events = 0
         for rule, key, kind, data in document["groups"]:
             if rule not in known:
@@ -346,7 +362,8 @@ class Engine:
         self.seq = int(document["seq"])
         watermark = document["watermark"]
         self.watermark = float("-inf") if watermark is None else float(watermark)
-        self._processed = int(document["processed"])
+        swept = document["swept"]
+        self._swept = float("-inf") if swept is None else float(swept)
 
 
 _LOADERS: dict[str, Any] = {
@@ -373,10 +390,6 @@ def _checks(correlation: Correlation) -> tuple[Check, ...]:
         Check(threshold.at_least, None if threshold.field is None else 2 + fields.index(threshold.field))
         for threshold in correlation.thresholds
     )
-
-
-def _fields(correlation: Correlation) -> tuple[str, ...]:
-    return (*correlation.group_by, *correlation.value_fields)
 
 
 def _key(value: Any) -> str | None:

@@ -190,11 +190,13 @@ class CountryGroup:
         if country is None:
             return False
         since, time = place.time - NEW_COUNTRY_LOOKBACK_S, place.time
-        # A country seen in [since, time) is known; one seen first and last around that span
-        # (out-of-order arrivals) counts as known too: the safe side is not to report.
+        # Any sign-in in the 7 days before counts as history. The country is known when it
+        # was seen within 7 days either side: a later sign-in from it that arrived first
+        # (out of order) was reported already, or was known itself.
         history = any(first < time and last >= since for first, last in self.countries.values())
         seen = self.countries.get(country)
-        known = seen is not None and seen[0] < time and seen[1] >= since
+        lookback = NEW_COUNTRY_LOOKBACK_S
+        known = seen is not None and seen[0] - lookback <= time <= seen[1] + lookback
         if seen is None:
             self.countries[country] = [time, time]
         else:

@@ -80,15 +80,26 @@ class Attacks:
 
 
 class CountGroup:
-    """``event_count``/``value_count`` state: the group's events, sorted by time."""
+    """``event_count``/``value_count`` state: the group's events, sorted by time.
 
-    __slots__ = ("attacks", "events", "times")
+    The window of the newest event (the *tail*) is kept counted as events come and go,
+    value by value, so an event arriving in order costs the same however full the window
+    is (a flood into an environment-wide rule holds thousands). An event arriving out of
+    order has the windows it falls in counted afresh.
+    """
+
+    __slots__ = ("attacks", "events", "span", "tail", "tail_low", "times")
 
     def __init__(self) -> None:
         self.times: list[float] = []
         self.events: list[tuple[Any, ...]] = []
         """``(time, event id, value of each counted field...)``, sorted like ``times``."""
         self.attacks = Attacks()
+        self.span = 0.0
+        self.tail: list[dict[str, int]] = []
+        """Per counted field: value -> events in the tail window that carry it."""
+        self.tail_low = 0
+        """Index of the first event in the tail window."""
 
     def __len__(self) -> int:
         return len(self.times)
@@ -106,23 +117,30 @@ class CountGroup:
         index = bisect_right(self.events, entry)
         if index and self.events[index - 1] == entry:
             return []
+        if not self.events:
+            self.span, self.tail, self.tail_low = span, [{} for _ in values], 0
         self.events.insert(index, entry)
         self.times.insert(index, time)
-        if index == len(self.times) - 1:
-            anchors = [time]  # in order: only its own window is new
+        if index < self.tail_low:
+            self.tail_low += 1  # before the tail window: not counted there
         else:
-            later = self.times[index : bisect_right(self.times, time + span)]
-            anchors = sorted(set(later))
+            self._count(entry, 1)
+        self._advance_tail()
+        last = len(self.times) - 1
+        if index == last:
+            window = self._measure_tail(checks)  # in order: only its own window is new
+            return [window] if window is not None else []
+        later = self.times[index : bisect_right(self.times, time + span)]
         windows = []
-        for anchor in anchors:
-            window = self.measure(anchor, span, checks)
-            if window is not None:
-                windows.append(window)
+        for anchor in sorted(set(later)):
+            found = self._measure_tail(checks) if anchor == self.times[last] else self.measure(anchor, checks)
+            if found is not None:
+                windows.append(found)
         return windows
 
-    def measure(self, anchor: float, span: float, checks: tuple[Check, ...]) -> Window | None:
-        """The window ending at ``anchor`` if it meets every threshold."""
-        low = bisect_left(self.times, anchor - span)
+    def measure(self, anchor: float, checks: tuple[Check, ...]) -> Window | None:
+        """The window ending at ``anchor`` if it meets every threshold, counted afresh."""
+        low = bisect_left(self.times, anchor - self.span)
         high = bisect_right(self.times, anchor)
         inside = self.events[low:high]
         distinct: int | None = None
@@ -136,33 +154,62 @@ class CountGroup:
                     distinct = measured
             if measured < check.at_least:
                 return None
+        return self._window(low, high, anchor, distinct)
+
+    def _measure_tail(self, checks: tuple[Check, ...]) -> Window | None:
+        low, high = self.tail_low, len(self.events)
+        distinct: int | None = None
+        for number, check in enumerate(checks):
+            position = check.position
+            measured = high - low if position is None else len(self.tail[position - 2])
+            if number == 0 and position is not None:
+                distinct = measured
+            if measured < check.at_least:
+                return None
+        return self._window(low, high, self.times[-1], distinct)
+
+    def _window(self, low: int, high: int, anchor: float, distinct: int | None) -> Window:
         return Window(
-            start=inside[0][0],
+            start=self.times[low],
             end=anchor,
-            count=len(inside),
+            count=high - low,
             distinct=distinct,
-            event_ids=tuple(event[1] for event in inside[:MAX_EVIDENCE]),
-            anchor_id=inside[-1][1],
+            event_ids=tuple(event[1] for event in self.events[low : min(high, low + MAX_EVIDENCE)]),
+            anchor_id=self.events[high - 1][1],
         )
+
+    def _count(self, entry: tuple[Any, ...], step: int) -> None:
+        for counts, value in zip(self.tail, entry[2:], strict=True):
+            if value is not None:
+                number = counts.get(value, 0) + step
+                if number:
+                    counts[value] = number
+                else:
+                    del counts[value]
+
+    def _advance_tail(self) -> None:
+        cut = self.times[-1] - self.span
+        while self.times[self.tail_low] < cut:
+            self._count(self.events[self.tail_low], -1)
+            self.tail_low += 1
+
+    def _drop_front(self, count: int) -> int:
+        for index in range(self.tail_low, min(count, len(self.events))):
+            self._count(self.events[index], -1)
+        del self.times[:count]
+        del self.events[:count]
+        self.tail_low = max(self.tail_low - count, 0)
+        return count
 
     def forget_before(self, horizon: float) -> int:
         """Drop events before ``horizon``; answers how many."""
-        cut = bisect_left(self.times, horizon)
-        if cut:
-            del self.times[:cut]
-            del self.events[:cut]
-        return cut
+        return self._drop_front(bisect_left(self.times, horizon))
 
     def shed_oldest(self, keep: int) -> int:
-        extra = len(self.times) - keep
-        if extra <= 0:
-            return 0
-        del self.times[:extra]
-        del self.events[:extra]
-        return extra
+        return self._drop_front(max(len(self.times) - keep, 0))
 
     def dump(self) -> dict[str, Any]:
-        return {"e": [list(event) for event in self.events], "a": self.attacks.spans}
+        return {"e": [list(event) for event in self.events], "a": self.attacks.spans, "s": self.span}
 
     @classmethod
     def load(cls, data: dict[str, Any]) -> CountGroup:
@@ -170,6 +217,12 @@ class CountGroup:
         group.events = [tuple(event) for event in data["e"]]
         group.times = [event[0] for event in group.events]
         group.attacks = Attacks(data["a"])
+        group.span = float(data["s"])
+        if group.events:
+            group.tail = [{} for _ in group.events[0][2:]]
+            group.tail_low = bisect_left(group.times, group.times[-1] - group.span)
+            for event in group.events[group.tail_low :]:
+                group._count(event, 1)
         return group
 
 
