@@ -18,7 +18,7 @@ import pytest
 from forwarder.normalize import NormalizeOptions, journal_record
 from tests.detections.fixtures import SIGMA_RULES, events, expected, files, firing_key, load
 from tests.postgres import journal_schema_or_skip
-from tests.service import Service, wait_for
+from tests.service import SECRET, Service, wait_for
 
 StartService = Callable[..., Service]
 
@@ -145,7 +145,7 @@ def test_detections_off(start_service: StartService) -> None:
     )
     assert service.status()["detections"] is None
     assert not delivered_firings(service)
-    assert "workos_detections_total" not in service.metrics()
+    assert "workos_detections_total{" not in service.metrics()
 
 
 BAD_RULES = {
@@ -176,7 +176,8 @@ def test_a_rule_the_engine_cannot_evaluate_is_a_configuration_error(tmp_path: Pa
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / name).write_text(text)
-    service = Service(data_dir=tmp_path / "svc", env={"FORWARDER_DETECTION_RULES": str(rules)})
+    env = {"FORWARDER_DETECTION_RULES": str(rules), "WORKOS_WEBHOOK_SECRET": SECRET}
+    service = Service(data_dir=tmp_path / "svc", env=env)
 
     for command in (("serve", "--check-config"), ("serve",)):
         result = service.cli(*command)
@@ -187,7 +188,7 @@ def test_a_rule_the_engine_cannot_evaluate_is_a_configuration_error(tmp_path: Pa
 
 
 def test_check_config_counts_the_rules(tmp_path: Path) -> None:
-    result = Service(data_dir=tmp_path, env={}).cli("serve", "--check-config")
+    result = Service(data_dir=tmp_path, env={"WORKOS_WEBHOOK_SECRET": SECRET}).cli("serve", "--check-config")
     assert result.returncode == 0, result.stderr
     assert "detection rules: 5" in result.stdout
 
