@@ -55,6 +55,8 @@ class DetectionLoop:
         self._stopping = asyncio.Event()
         self._lease: Lease | None = None
         self._pending: list[tuple[Firing, NewRecord]] = []
+        self._evaluated = 0
+        """The last sequence number evaluated with its firings journaled (``/status``)."""
         self._dirty = False
         self._last_checkpoint = time.monotonic()
         self._last_shed_log = float("-inf")
@@ -72,7 +74,7 @@ class DetectionLoop:
     def status(self) -> dict[str, Any]:
         return {
             "role": self.role,
-            "cursor": self.engine.seq,
+            "cursor": self._evaluated,
             "state_events": self.engine.events,
             "state_groups": self.engine.groups,
             "pending_firings": len(self._pending),
@@ -102,14 +104,14 @@ class DetectionLoop:
                         ]
                         self._report()
                         await self._write_pending()
-                        if len(entries) == _BATCH:
-                            continue
+                        self._evaluated = entries[-1].seq
                     elif self._stopping.is_set():
                         await self._checkpoint()
                         return
                     if self._dirty and time.monotonic() - self._last_checkpoint >= _CHECKPOINT_INTERVAL_S:
-                        await self._checkpoint()
-                    await _wait(self._wake, _POLL_INTERVAL_S)
+                        await self._checkpoint()  # also while a backlog is read, batch after batch
+                    if len(entries) < _BATCH:
+                        await _wait(self._wake, _POLL_INTERVAL_S)
                 except JournalUnavailable as exc:
                     logger.warning("detections cannot use the journal now", extra={"error": str(exc)})
                     if await _wait(self._stopping, _JOURNAL_RETRY_S):
@@ -203,6 +205,7 @@ class DetectionLoop:
                 )
                 self.engine = Engine(self.settings.rules, self.settings.limits)
         self._report()
+        self._evaluated = self.engine.seq
         self.role = "active"
         logger.info(
             "evaluating detections", extra={"cursor": self.engine.seq, "state_groups": self.engine.groups}

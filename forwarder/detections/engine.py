@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -169,9 +169,10 @@ class Engine:
         ``cause`` is the event time of the record being processed: the firing's date.
         """
         correlation = use.correlation
-        group_key = tuple([values.get(name) for name in correlation.group_by])
-        if None in group_key:
+        parts = tuple([values.get(name) for name in correlation.group_by])
+        if None in parts:
             return []  # no value to group by: like SQL, the event belongs to no group
+        group_key = cast(tuple[str, ...], parts)
         span = correlation.span_s
         if correlation.kind == "temporal_ordered":
             sequence = self._group(

@@ -75,6 +75,10 @@ class Attacks:
         self.spans = sorted([s for s in self.spans if s not in joined] + [[first, last]])
         return False
 
+    def covers(self, moment: float) -> bool:
+        """Whether ``moment`` lies within an attack already recorded (first to last)."""
+        return any(first <= moment <= last for first, last in self.spans)
+
     def forget_before(self, horizon: float) -> None:
         self.spans = [s for s in self.spans if s[1] >= horizon]
 
@@ -133,6 +137,10 @@ class CountGroup:
         later = self.times[index : bisect_right(self.times, time + span)]
         windows = []
         for anchor in sorted(set(later)):
+            if self.attacks.covers(anchor):
+                # Inside an attack already fired: whether it holds there changes nothing, and
+                # a late event in a flood must not recount thousands of dense windows.
+                continue
             found = self._measure_tail(checks) if anchor == self.times[last] else self.measure(anchor, checks)
             if found is not None:
                 windows.append(found)
@@ -142,13 +150,13 @@ class CountGroup:
         """The window ending at ``anchor`` if it meets every threshold, counted afresh."""
         low = bisect_left(self.times, anchor - self.span)
         high = bisect_right(self.times, anchor)
-        inside = self.events[low:high]
         distinct: int | None = None
         for number, check in enumerate(checks):
             position = check.position
             if position is None:
-                measured = len(inside)
+                measured = high - low
             else:
+                inside = self.events[low:high]
                 measured = len({event[position] for event in inside if event[position] is not None})
                 if number == 0:
                     distinct = measured
@@ -245,9 +253,19 @@ class SequenceGroup:
         if index < len(stage) and stage[index] == entry:
             return []
         stage.insert(index, entry)
-        anchors = sorted({t for events in self.stages for t, _ in events if time <= t <= time + span})
+        anchors = sorted(
+            {
+                t
+                for events in self.stages
+                for t, _ in events[
+                    bisect_left(events, (time, "")) : bisect_right(events, (time + span, "\U0010ffff"))
+                ]
+            }
+        )
         windows = []
         for anchor in anchors:
+            if anchor != time and self.attacks.covers(anchor):
+                continue  # as for counts: inside an attack already fired
             window = self._measure(anchor, span)
             if window is not None:
                 windows.append(window)
