@@ -50,9 +50,9 @@ def post_all(service: Service, batch: list[dict[str, Any]]) -> None:
 def caught_up(service: Service) -> bool:
     """The engine has read the whole journal (firings included) and journaled what it found;
     the JSON lines sink has delivered it all."""
-    with sqlite3.connect(service.data_dir / "journal.sqlite3") as db:
-        (last,) = db.execute("SELECT MAX(seq) FROM events").fetchone()
     status = service.status()
+    with sqlite3.connect(service.data_dir / "journal.sqlite3") as db:  # after: firings included
+        (last,) = db.execute("SELECT MAX(seq) FROM events").fetchone()
     detections = status["detections"]
     return (
         detections["role"] == "active"
@@ -216,9 +216,9 @@ def test_two_replicas_on_postgresql_evaluate_once(start_service: StartService, p
         return [row[0] for row in rows]
 
     def evaluated_everything(service: Service) -> bool:
+        detections = service.status()["detections"]
         with psycopg.connect(pg_url) as db:
             (last,) = db.execute("SELECT MAX(seq) FROM events").fetchone()
-        detections = service.status()["detections"]
         return detections["role"] == "active" and detections["cursor"] >= last
 
     wait_for(lambda: len(firings()) == len(expected(document)), what="the firings in the shared journal")
