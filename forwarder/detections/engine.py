@@ -103,6 +103,8 @@ class Engine:
     """Every group's state, least recently used first."""
     _uses: dict[str, list[_Use]] = field(default_factory=dict)
     _type_verdicts: dict[str, tuple[BaseRule, ...]] = field(default_factory=dict)
+    _sign_in_types: dict[str, bool] = field(default_factory=dict)
+    """Whether records of a type are successful sign-ins (evt.* follows from the type)."""
     _by_type: bool = False
     _swept: float = float("-inf")
     """The watermark at the last sweep."""
@@ -137,12 +139,15 @@ class Engine:
         return firings
 
     def _process(self, entry: Entry) -> list[Firing]:
-        matched = self._type_verdicts.get(entry.event_type) if self._by_type else None
-        if matched == () and not entry.event_type.startswith("authentication."):
-            return []
+        event_type = entry.event_type
+        matched = self._type_verdicts.get(event_type) if self._by_type else None
+        if matched == () and not self._sign_in_types.get(event_type, True):
+            return []  # no rule can match a record of this type: not even decoded
         record = orjson.loads(entry.json)
         if type(record) is not dict:
             return []
+        if event_type not in self._sign_in_types:
+            self._sign_in_types[event_type] = _successful_sign_in(record)
         if matched is None:
             matched = tuple(rule for rule in self.rules.base.values() if rule.test(record))
             if self._by_type:
@@ -219,12 +224,7 @@ class Engine:
         return firings
 
     def _located(self, record: dict[str, Any], time: float, event_id: str) -> list[Firing]:
-        evt = record.get("evt")
-        if (
-            not isinstance(evt, dict)
-            or evt.get("outcome") != "success"
-            or evt.get("category") != "authentication"
-        ):
+        if not _successful_sign_in(record):
             return []
         place = geo.place_of(record, time, event_id)
         if place is None:
@@ -398,6 +398,13 @@ def _key(value: Any) -> str | None:
     if value is None or value == "" or isinstance(value, dict | list):
         return None
     return str(value).lower()
+
+
+def _successful_sign_in(record: dict[str, Any]) -> bool:
+    evt = record.get("evt")
+    return (
+        isinstance(evt, dict) and evt.get("outcome") == "success" and evt.get("category") == "authentication"
+    )
 
 
 def _user(record: dict[str, Any]) -> tuple[str, str] | None:

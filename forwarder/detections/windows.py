@@ -134,17 +134,44 @@ class CountGroup:
         if index == last:
             window = self._measure_tail(checks)  # in order: only its own window is new
             return [window] if window is not None else []
-        later = self.times[index : bisect_right(self.times, time + span)]
+        anchors = self._uncovered(time, bisect_right(self.times, time + span))
+        if not anchors or not self._may_hold(time - span, anchors[-1], checks):
+            return []
         windows = []
-        for anchor in sorted(set(later)):
-            if self.attacks.covers(anchor):
-                # Inside an attack already fired: whether it holds there changes nothing, and
-                # a late event in a flood must not recount thousands of dense windows.
-                continue
+        for anchor in anchors:
             found = self._measure_tail(checks) if anchor == self.times[last] else self.measure(anchor, checks)
             if found is not None:
                 windows.append(found)
         return windows
+
+    def _uncovered(self, time: float, high: int) -> list[float]:
+        """Distinct anchor times from ``time`` up to index ``high`` outside every fired attack.
+
+        Inside an attack whether the condition holds changes nothing; a late event in a
+        flood must not recount thousands of dense windows.
+        """
+        low = bisect_left(self.times, time)
+        pieces = [(low, high)]
+        for first, last in self.attacks.spans:
+            start, end = bisect_left(self.times, first), bisect_right(self.times, last)
+            pieces = [
+                part
+                for a, b in pieces
+                for part in ((a, min(b, start)), (max(a, end), b))
+                if part[0] < part[1]
+            ]
+        return sorted({t for a, b in pieces for t in self.times[a:b]})
+
+    def _may_hold(self, start: float, end: float, checks: tuple[Check, ...]) -> bool:
+        """Whether all events in ``[start, end]`` (every window examined, together) could pass."""
+        low, high = bisect_left(self.times, start), bisect_right(self.times, end)
+        for check in checks:
+            if check.position is None:
+                if high - low < check.at_least:
+                    return False
+            elif len({e[check.position] for e in self.events[low:high]} - {None}) < check.at_least:
+                return False
+        return True
 
     def measure(self, anchor: float, checks: tuple[Check, ...]) -> Window | None:
         """The window ending at ``anchor`` if it meets every threshold, counted afresh."""
@@ -253,6 +280,8 @@ class SequenceGroup:
         if index < len(stage) and stage[index] == entry:
             return []
         stage.insert(index, entry)
+        if not all(self.stages):
+            return []  # a rule of the sequence has no event yet: no chain (the usual case)
         anchors = sorted(
             {
                 t
