@@ -36,7 +36,7 @@ LEASE = "detection-engine"
 """The lease's name: not a valid sink name, so it never contends with a sink's."""
 CHECKPOINT_KEY = "detections.checkpoint"
 _BATCH = 1000
-_CHECKPOINT_INTERVAL_S = 5.0
+_CHECKPOINT_INTERVAL_S = 30.0
 _POLL_INTERVAL_S = 1.0
 """How long the loop rests once caught up. It is not woken by each commit, as delivery loops
 are: a wake-up per group commit, each reading a handful of records, cost more than judging
