@@ -1,6 +1,7 @@
 """Detections through the real service: the recorded sets as signed webhooks, a SIGKILL in the
 middle of an attack, a re-post of everything, redaction, two replicas on PostgreSQL, and the
-configuration errors of a bad rule."""
+configuration errors of a bad rule. tests/service.py starts the service with detections off;
+these tests turn them on."""
 
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def test_recorded_sets_as_webhooks_fire_once_and_never_again(
     start_service: StartService, rule: str, must: str
 ) -> None:
     document = load(rule, must)
-    service = start_service(name=f"{rule}-{must}")
+    service = start_service(name=f"{rule}-{must}", FORWARDER_DETECTIONS="on")
     batch = rebased(document)
 
     post_all(service, batch)
@@ -106,7 +107,7 @@ def test_recorded_sets_as_webhooks_fire_once_and_never_again(
 def test_a_sigkill_in_the_middle_of_an_attack_loses_and_repeats_nothing(start_service: StartService) -> None:
     document = load("workos_brute_force_then_success", "fire")
     batch = rebased(document)
-    service = start_service()
+    service = start_service(FORWARDER_DETECTIONS="on")
 
     post_all(service, batch[:5])
     wait_for(lambda: caught_up(service), what="the first half evaluated")
@@ -124,7 +125,9 @@ def test_a_sigkill_in_the_middle_of_an_attack_loses_and_repeats_nothing(start_se
 
 def test_with_hashed_emails_the_group_shows_the_hash(start_service: StartService) -> None:
     document = load("workos_brute_force", "fire")
-    service = start_service(FORWARDER_REDACT="email", FORWARDER_REDACT_KEY="k" * 32)
+    service = start_service(
+        FORWARDER_DETECTIONS="on", FORWARDER_REDACT="email", FORWARDER_REDACT_KEY="k" * 32
+    )
 
     post_all(service, rebased(document))
     wait_for(lambda: caught_up(service), what="detections caught up")
@@ -202,8 +205,8 @@ def pg_url() -> Iterator[str]:
 def test_two_replicas_on_postgresql_evaluate_once(start_service: StartService, pg_url: str) -> None:
     document = load("workos_brute_force_then_success", "fire")
     batch = rebased(document)
-    first = start_service(name="first", FORWARDER_JOURNAL_URL=pg_url)
-    second = start_service(name="second", FORWARDER_JOURNAL_URL=pg_url)
+    first = start_service(name="first", FORWARDER_DETECTIONS="on", FORWARDER_JOURNAL_URL=pg_url)
+    second = start_service(name="second", FORWARDER_DETECTIONS="on", FORWARDER_JOURNAL_URL=pg_url)
 
     for index, event in enumerate(batch):
         assert (first if index % 2 else second).post(event).status_code == 200
