@@ -20,6 +20,7 @@ RUN python3 -m venv /opt/workos-forwarder \
 COPY pyproject.toml README.md /src/
 COPY forwarder /src/forwarder
 COPY sinks /src/sinks
+COPY monitors/sigma /src/monitors/sigma
 # `postgres` brings psycopg for several replicas on one PostgreSQL journal (a few MB).
 RUN /opt/workos-forwarder/bin/pip install --no-cache-dir --disable-pip-version-check "/src[postgres]" \
  && /opt/workos-forwarder/bin/pip uninstall --yes --disable-pip-version-check setuptools pip

@@ -59,9 +59,11 @@ def serve(check_config: bool) -> None:
     if check_config:
         # For systemd's ExecStartPre and CI: the same checks `serve` makes before it binds,
         # short of opening the journal, so a bad variable is caught before a restart loop.
+        from forwarder.detections.settings import detection_settings
         from sinks.base import load_sinks
 
         sinks = load_sinks(env)
+        detections = detection_settings(env)
 
         async def close_all() -> None:
             for sink in sinks:
@@ -69,7 +71,8 @@ def serve(check_config: bool) -> None:
 
         asyncio.run(close_all())
         names = ", ".join(sink.name for sink in sinks) or "none"
-        click.echo(f"workos-forwarder: configuration OK (sinks: {names})")
+        rules = len(detections.rules.correlations) if detections is not None else "off"
+        click.echo(f"workos-forwarder: configuration OK (sinks: {names}; detection rules: {rules})")
         return
     logs.configure(settings.log_level)
     run(settings, env)

@@ -158,6 +158,32 @@ JOURNAL_WRITABLE = Gauge(
     registry=REGISTRY,
 )
 
+# The detection engine (forwarder/detections): its firings and the size of its window state.
+DETECTIONS = Counter(
+    "workos_detections",
+    "Detection firings journaled (and so delivered to every sink), by rule and severity.",
+    ["rule", "severity"],
+    registry=REGISTRY,
+)
+DETECTION_STATE_EVENTS = Gauge(
+    "workos_forwarder_detection_state_events",
+    "Events held in the detection engine's windows (bounded by FORWARDER_DETECTION_MAX_EVENTS).",
+    registry=REGISTRY,
+)
+DETECTION_STATE_GROUPS = Gauge(
+    "workos_forwarder_detection_state_groups",
+    "Groups (accounts, addresses, users) held by the detection engine"
+    " (bounded by FORWARDER_DETECTION_MAX_GROUPS).",
+    registry=REGISTRY,
+)
+DETECTION_STATE_SHED = Counter(
+    "workos_forwarder_detection_state_shed",
+    "What the detection engine dropped at its bounds: least recently used groups, and events.",
+    ["kind"],
+    registry=REGISTRY,
+)
+
+
 MEMBERSHIP_USERS = Gauge(
     "workos_forwarder_membership_users",
     "Users whose organizations this process knows (the in-memory map that attributes events).",

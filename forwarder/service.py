@@ -24,6 +24,8 @@ from starlette.routing import Route
 from forwarder import failpoints, metrics
 from forwarder.config import ConfigError, Settings, duration, switch
 from forwarder.delivery import DeliveryLoop
+from forwarder.detections.consumer import DetectionLoop
+from forwarder.detections.settings import detection_settings
 from forwarder.engines import SQLiteEngine, engine_for
 from forwarder.journal import Journal, JournalUnavailable
 from forwarder.masking import scrub
@@ -76,12 +78,16 @@ class Forwarder:
     def __init__(self, settings: Settings, env: Mapping[str, str]) -> None:
         self.settings = settings
         self.sinks: list[Sink] = load_sinks(env)
+        detections = detection_settings(env)
         self.journal = open_journal(settings)
         self.memberships = open_memberships(env, self.journal)
         self.options = replace(
             settings.normalize, memberships=self.memberships.memberships if self.memberships else None
         )
         """How events are normalized here: the settings', with the membership map that attributes them."""
+        self.detections = (
+            DetectionLoop(detections, self.journal, settings.normalize) if detections is not None else None
+        )
         self.sources = load_sources(env, self.journal, self.options)
         if self.memberships is not None and (lookups := memberships_api.create(env, self.memberships)):
             self.sources.append(lookups)
@@ -113,6 +119,8 @@ class Forwarder:
             )
             self.loops.append(loop)
             self._delivery_tasks.append(self._start(f"delivery:{sink.name}", loop.run, loop.crashed))
+        if self.detections is not None:
+            self._delivery_tasks.append(self._start("detections", self.detections.run))
         self._other_tasks.append(self._start("housekeeping", self._housekeeping))
         self._other_tasks.append(self._start("retention", self._retention))
         if self.memberships is not None:
@@ -160,6 +168,8 @@ class Forwarder:
         await asyncio.gather(*self._source_tasks, return_exceptions=True)
         for loop in self.loops:
             loop.stop()
+        if self.detections is not None:
+            self.detections.stop()
         delivery = self._delivery_tasks
         _, pending = (
             await asyncio.wait(delivery, timeout=self.settings.shutdown_timeout_s) if delivery else ((), ())
@@ -263,6 +273,7 @@ class Forwarder:
             },
             "sinks": sinks,
             "sources": {source.name: source.status() for source in self.sources},
+            "detections": self.detections.status() if self.detections is not None else None,
             "tasks": {task.name: asdict(task) for task in self.tasks},
         }
 

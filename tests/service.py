@@ -76,6 +76,10 @@ class Service:
             "FORWARDER_PORT": str(self.port),
             "FORWARDER_DATA_DIR": str(self.data_dir),
             "JSONL_OUTPUT": str(self.jsonl),
+            # Off unless a test turns them on (tests/detections): a firing is a record, and a
+            # test that counts records (ten failures of one sample account are a brute force)
+            # would count it.
+            "FORWARDER_DETECTIONS": "off",
             **self.env,
         }
         with open(self.stderr_path, "ab") as stderr:
