@@ -28,6 +28,7 @@ from typing import Any, Literal
 import orjson
 
 from forwarder import catalog
+from forwarder.geoip import GeoIP
 from forwarder.records import NewRecord
 from forwarder.redaction import Redactor
 
@@ -77,6 +78,7 @@ class NormalizeOptions:
     service: str = "workos-events"
     env: str = "production"
     redaction: Redactor | None = None
+    geoip: GeoIP | None = None
 
 
 def normalize(event: Any, options: NormalizeOptions, *, delivery: Delivery = "webhook") -> dict[str, Any]:
@@ -189,7 +191,11 @@ def _normalize(
     elif email:
         record["usr"] = {"email": email}
     if ip:
-        record["network"] = {"client": {"ip": ip}}
+        client: dict[str, Any] = {"ip": ip}
+        # Located before redaction (below), so the location survives a hashed or dropped IP.
+        if options.geoip is not None and (location := options.geoip.lookup(ip)) is not None:
+            client["geoip"] = location
+        record["network"] = {"client": client}
     if user_agent:
         record["http"] = {"useragent": user_agent}
     if error_kind or error_message:
