@@ -22,7 +22,7 @@ _ROOT_OPTION = click.option(
 
 @click.group(name="datadog")
 def datadog() -> None:
-    """Datadog logs pipelines, monitors, dashboards and log-based metrics kept as code."""
+    """Datadog logs pipelines, monitors, dashboards, log-based metrics and Cloud SIEM rules kept as code."""
 
 
 @datadog.command(name="validate")
@@ -38,11 +38,41 @@ def validate_command(root: Path | None) -> None:
     click.echo(f"{len(assets)} Datadog assets checked: all valid.")
 
 
+@datadog.command(name="generate")
+@_ROOT_OPTION
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 if a generated file is out of date.")
+def generate_command(root: Path | None, check: bool) -> None:
+    """Write the log monitors and Cloud SIEM rules generated from the Sigma rules in monitors/sigma/.
+
+    Log monitors go to monitors/datadog/detection-<rule>.json, Cloud SIEM rules to
+    monitors/datadog/security_rules/<rule>.json; a file no rule generates any more is deleted.
+    """
+    from forwarder.datadog.assets import default_root
+    from forwarder.datadog.detections import out_of_date, write
+    from forwarder.datadog.sigma import SigmaLoadError
+
+    base = root or default_root()
+    try:
+        changed = [path for path, _ in out_of_date(base)] if check else write(base)
+    except SigmaLoadError as exc:
+        click.echo(f"workos-forwarder datadog generate: {exc}", err=True)
+        sys.exit(1)
+    for path in changed:
+        click.echo(f"{'out of date' if check else 'written'}: {path}")
+    if check and changed:
+        click.echo(
+            f"{len(changed)} generated file(s) out of date: run `workos-forwarder datadog generate`.",
+            err=True,
+        )
+        sys.exit(1)
+    click.echo(f"Generated Datadog detections: {len(changed)} file(s) {'to change' if check else 'changed'}.")
+
+
 @datadog.command(name="apply")
 @_ROOT_OPTION
 @click.option("--dry-run", is_flag=True, help="Print what would change and change nothing.")
 def apply_command(root: Path | None, dry_run: bool) -> None:
-    """Create or update the logs pipelines, monitors, dashboards and log-based metrics in Datadog.
+    """Create or update the logs pipelines, monitors, dashboards, log-based metrics and Cloud SIEM rules.
 
     Uses DD_API_KEY, DD_APP_KEY and DD_SITE (DD_API_URL overrides the API address). Objects
     are matched by name among those marked managed-by:workos-forwarder; a second apply
