@@ -115,8 +115,14 @@ def load_rules(root: Path) -> SigmaRules:
     paths = sorted(directory.glob("*.yml"))
     if not paths:
         raise SigmaLoadError(f"{directory}: no Sigma rule (*.yml) found")
+    collections = []
+    for path in paths:  # one at a time, so that an error names its file
+        try:
+            collections.append(SigmaCollection.load_ruleset([str(path)], resolve_references=False))
+        except SigmaError as exc:
+            raise SigmaLoadError(f"{path}: {exc}") from None
     try:
-        collection = SigmaCollection.load_ruleset([str(path) for path in paths])
+        collection = SigmaCollection.merge(collections, resolve_references=False)
         collection.resolve_rule_references()
     except SigmaError as exc:
         raise SigmaLoadError(f"{directory}: {exc}") from None
