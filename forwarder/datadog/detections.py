@@ -78,10 +78,13 @@ IMPOSSIBLE_TRAVEL = BuiltInRule(
     ("T1078",),
     "Two successful sign-ins of one user whose locations are more than 500 km apart, at more than "
     "1,000 km/h: one of them is probably not the user.",
-    "Compare the two sign-ins' addresses, user agents and times. A VPN or a corporate proxy in "
-    "another country explains most: check whether either address is one. If not, revoke the "
-    "user's sessions in WorkOS and ask the user through another channel.",
-    ("A VPN, a cloud desktop or a mobile carrier's gateway far from the user.",),
+    "Are both sign-ins the user's? A VPN or a corporate proxy egressing elsewhere explains most. "
+    "If the far one is unknown, revoke its session and reset the password.",
+    (
+        "VPNs and corporate proxies.",
+        "Mobile carriers whose addresses geolocate to a distant hub.",
+        "GeoIP errors for new address ranges.",
+    ),
 )
 NEW_COUNTRY = BuiltInRule(
     "workos_new_country",
@@ -89,10 +92,9 @@ NEW_COUNTRY = BuiltInRule(
     "low",
     ("T1078",),
     "A successful sign-in from a country the user has not signed in from in the last 7 days.",
-    "Look at the user's usual countries and the sign-in's address and user agent. Travel or a new "
-    "VPN exit explains most; together with a brute-force or MFA-guessing signal for the same "
-    "account, treat it as a takeover.",
-    ("Travel.", "A VPN exit in another country."),
+    "Travel the user told you about, or a VPN exit? If not, and especially together with impossible "
+    "travel, treat the session as suspect.",
+    ("Travel.", "VPNs.", "A new office abroad."),
 )
 BUILT_IN = (IMPOSSIBLE_TRAVEL, NEW_COUNTRY)
 
