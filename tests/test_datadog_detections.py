@@ -417,3 +417,31 @@ def test_two_managed_rules_with_one_name_stop_apply(api: DatadogApi) -> None:
     result = apply()
     assert result.exit_code == 1
     assert "two managed Cloud SIEM rules are named '[WorkOS] MFA code guessing'" in result.output
+
+
+def test_your_own_rules_replace_shipped_ones_of_the_same_name_and_add_new_ones(
+    root: Path, tmp_path: Path
+) -> None:
+    """FORWARDER_DETECTION_RULES, as the service reads it: a threshold changed there reaches Datadog."""
+    mine = tmp_path / "my-rules"
+    mine.mkdir()
+    spraying = (SIGMA / "workos_password_spraying.yml").read_text().replace("gte: 5", "gte: 3")
+    (mine / "spraying.yml").write_text(spraying)
+    mfa_slow = (SIGMA / "workos_mfa_guessing.yml").read_text()
+    mfa_slow = mfa_slow.replace("name: workos_mfa_guessing", "name: acme_slow_mfa_guessing")
+    mfa_slow = mfa_slow.replace("timespan: 10m", "timespan: 1h").replace("2b0db0f0", "2b0db0f1")
+    mfa_slow = mfa_slow.replace("title: WorkOS MFA code guessing", "title: Acme slow MFA code guessing")
+    (mine / "slow.yml").write_text(mfa_slow)
+
+    written = CliRunner().invoke(
+        datadog, ["generate", "--root", str(root)], env={"FORWARDER_DETECTION_RULES": str(mine)}
+    )
+    assert written.exit_code == 0, written.output
+    monitor = json.loads((root / "monitors/datadog/detection-workos_password_spraying.json").read_text())
+    assert monitor["query"].endswith(">= 3")
+    assert f"Generated from {mine / 'spraying.yml'}" in monitor["message"]
+    slow = json.loads((root / "monitors/datadog/security_rules/acme_slow_mfa_guessing.json").read_text())
+    assert slow["options"]["evaluationWindow"] == 3600
+    assert validate(root, mine)[1] == []
+    # Without the variable the files no longer match the shipped rules, and validate says so.
+    assert any("differs" in str(problem) for problem in validate(root)[1])

@@ -13,8 +13,10 @@ Who gets what:
   new country (``new_value``), which Datadog can run without ``FORWARDER_GEOIP_DB`` because its
   pipeline locates the IP.
 
-``generate(root)`` returns the files' contents; ``workos-forwarder datadog generate`` writes them
-and ``datadog validate`` reports each that differs from what the Sigma files give now.
+``generate(root, extra)`` returns the files' contents (``extra``: the directory of
+``FORWARDER_DETECTION_RULES``, whose rules replace shipped ones of the same name);
+``workos-forwarder datadog generate`` writes them and ``datadog validate`` reports each that
+differs from what the Sigma files give now.
 """
 
 from __future__ import annotations
@@ -106,9 +108,9 @@ class Unsupported(Exception):
 # --- Entry point ---------------------------------------------------------------------------------
 
 
-def generate(root: Path) -> dict[Path, dict[str, Any]]:
+def generate(root: Path, extra: Path | None = None) -> dict[Path, dict[str, Any]]:
     """Relative path -> document of every generated log monitor and Cloud SIEM rule."""
-    rules = load_rules(root)
+    rules = load_rules(root, extra)
     out: dict[Path, dict[str, Any]] = {}
     for name, correlation in sorted(rules.correlations.items()):
         # No log monitor for a sequence: its Cloud SIEM rule covers it.
@@ -125,9 +127,9 @@ def render(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
-def out_of_date(root: Path) -> list[tuple[Path, str]]:
+def out_of_date(root: Path, extra: Path | None = None) -> list[tuple[Path, str]]:
     """(path, reason) for each generated file missing, different, or no longer generated."""
-    expected = generate(root)
+    expected = generate(root, extra)
     problems = []
     for relative, document in expected.items():
         path = root / relative
@@ -146,10 +148,10 @@ def out_of_date(root: Path) -> list[tuple[Path, str]]:
     return problems
 
 
-def write(root: Path) -> list[Path]:
+def write(root: Path, extra: Path | None = None) -> list[Path]:
     """Write every generated file and delete the ones no rule generates any more; the changed paths."""
-    changed = [path for path, _ in out_of_date(root)]
-    expected = {root / relative: document for relative, document in generate(root).items()}
+    changed = [path for path, _ in out_of_date(root, extra)]
+    expected = {root / relative: document for relative, document in generate(root, extra).items()}
     for path in changed:
         if path in expected:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -109,20 +109,26 @@ class SigmaRules:
         }
 
 
-def load_rules(root: Path) -> SigmaRules:
-    """Every ``*.yml`` of ``<root>/monitors/sigma``, parsed by pySigma with references resolved."""
+def load_rules(root: Path, extra: Path | None = None) -> SigmaRules:
+    """Every ``*.yml`` of ``<root>/monitors/sigma``, then of ``extra`` (``FORWARDER_DETECTION_RULES``),
+    parsed by pySigma with references resolved. As in the forwarder's engine, a rule of ``extra``
+    with a shipped rule's ``name`` replaces it: that is how a threshold is changed."""
     directory = root / SIGMA_DIRECTORY
     paths = sorted(directory.glob("*.yml"))
     if not paths:
         raise SigmaLoadError(f"{directory}: no Sigma rule (*.yml) found")
-    collections = []
-    for path in paths:  # one at a time, so that an error names its file
-        try:
-            collections.append(SigmaCollection.load_ruleset([str(path)], resolve_references=False))
+    by_name: dict[str, SigmaCollection] = {}
+    for path in [*paths, *(sorted(extra.glob("*.yml")) if extra is not None else [])]:
+        try:  # one file at a time, so that an error names its file
+            loaded = SigmaCollection.load_ruleset([str(path)], resolve_references=False)
         except SigmaError as exc:
             raise SigmaLoadError(f"{path}: {exc}") from None
+        names = {str(rule.name) for rule in loaded.rules if rule.name} or {str(path)}
+        for name in names:
+            by_name.pop(name, None)
+        by_name[min(names)] = loaded
     try:
-        collection = SigmaCollection.merge(collections, resolve_references=False)
+        collection = SigmaCollection.merge(by_name.values(), resolve_references=False)
         collection.resolve_rule_references()
     except SigmaError as exc:
         raise SigmaLoadError(f"{directory}: {exc}") from None
@@ -153,6 +159,9 @@ def attack_techniques(rule: SigmaRule | SigmaCorrelationRule) -> list[str]:
 
 
 def source_name(rule: SigmaRule | SigmaCorrelationRule) -> str:
-    """The rule's file, relative to the checkout (``monitors/sigma/x.yml``)."""
-    path = rule.source.path if rule.source is not None else None
-    return str(SIGMA_DIRECTORY / Path(str(path)).name) if path else f"{SIGMA_DIRECTORY}/{rule.name}.yml"
+    """The rule's file: relative to the checkout for a shipped rule (``monitors/sigma/x.yml``, the
+    same in every checkout), as given for one of ``FORWARDER_DETECTION_RULES``."""
+    if rule.source is None or rule.source.path is None:
+        return f"{SIGMA_DIRECTORY}/{rule.name}.yml"
+    path = Path(str(rule.source.path))
+    return str(SIGMA_DIRECTORY / path.name) if path.parent.parts[-2:] == SIGMA_DIRECTORY.parts else str(path)

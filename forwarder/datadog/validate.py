@@ -313,12 +313,12 @@ def _server_fields(asset: Asset) -> list[Problem]:
     ]
 
 
-def generated_problems(root: Path) -> list[Problem]:
+def generated_problems(root: Path, extra: Path | None = None) -> list[Problem]:
     """Files generated from the Sigma rules that no longer match them (when the root has rules)."""
     if not (root / SIGMA_DIRECTORY).is_dir():
         return []
     try:
-        lagging = out_of_date(root)
+        lagging = out_of_date(root, extra)
     except SigmaLoadError as exc:
         return [Problem(root / SIGMA_DIRECTORY, "", str(exc))]
     return [
@@ -329,6 +329,7 @@ def generated_problems(root: Path) -> list[Problem]:
     ]
 
 
-def validate(root: Path) -> tuple[list[Asset], list[Problem]]:
+def validate(root: Path, extra: Path | None = None) -> tuple[list[Asset], list[Problem]]:
+    """Every problem of the asset files under ``root``; ``extra``: ``FORWARDER_DETECTION_RULES``."""
     assets, problems = load_assets(root)
-    return assets, problems + validate_assets(assets) + generated_problems(root)
+    return assets, problems + validate_assets(assets) + generated_problems(root, extra)
