@@ -25,6 +25,7 @@ from forwarder.config_values import (
     switch,
 )
 from forwarder.errors import ConfigError
+from forwarder.geoip import GeoIP, GeoIPError
 from forwarder.normalize import NormalizeOptions
 from forwarder.redaction import Redactor
 
@@ -152,6 +153,7 @@ class Settings:
                 service=env.get("FORWARDER_SERVICE", "workos-events"),
                 env=env.get("FORWARDER_ENV", "production"),
                 redaction=_redactor(env),
+                geoip=_geoip(env),
             ),
         )
 
@@ -176,6 +178,17 @@ def _positive(env: Mapping[str, str], variable: str, default: str) -> float:
     if value <= 0:
         raise ConfigError(variable, f"must be above zero (default {default})")
     return value
+
+
+def _geoip(env: Mapping[str, str]) -> GeoIP | None:
+    """``FORWARDER_GEOIP_DB``: the MaxMind database that locates client IPs, opened once."""
+    path = env.get("FORWARDER_GEOIP_DB", "").strip()
+    if not path:
+        return None
+    try:
+        return GeoIP(path)
+    except GeoIPError as exc:
+        raise ConfigError("FORWARDER_GEOIP_DB", str(exc)) from None
 
 
 def _redactor(env: Mapping[str, str]) -> Redactor | None:

@@ -29,6 +29,7 @@ import orjson
 
 from forwarder import catalog
 from forwarder.errors import InvalidEvent
+from forwarder.geoip import GeoIP
 from forwarder.memberships import MembershipMap, attribute
 from forwarder.records import NewRecord
 from forwarder.redaction import Redactor
@@ -78,6 +79,7 @@ class NormalizeOptions:
     memberships: MembershipMap | None = None
     """Who belongs to which organization (``forwarder.memberships``): attributes events of a
     user that carry no organization of their own. None: no attribution."""
+    geoip: GeoIP | None = None
 
 
 def normalize(event: Any, options: NormalizeOptions, *, delivery: Delivery = "webhook") -> dict[str, Any]:
@@ -190,7 +192,11 @@ def _normalize(
     elif email:
         record["usr"] = {"email": email}
     if ip:
-        record["network"] = {"client": {"ip": ip}}
+        client: dict[str, Any] = {"ip": ip}
+        # Located before redaction (below), so the location survives a hashed or dropped IP.
+        if options.geoip is not None and (location := options.geoip.lookup(ip)) is not None:
+            client["geoip"] = location
+        record["network"] = {"client": client}
     if user_agent:
         record["http"] = {"useragent": user_agent}
     if error_kind or error_message:

@@ -35,6 +35,7 @@ from forwarder.datadog.queries import (
     referenced_facets,
     referenced_metrics,
     referenced_tag_keys,
+    security_rule_queries,
     selects_our_logs,
 )
 from forwarder.datadog.validate import validate
@@ -83,8 +84,49 @@ EXTRA_EVENTS = [
 ]
 
 
+def firing(rule: str, severity: str, group: dict[str, str], *, late: bool) -> dict[str, Any]:
+    """A detection firing record in the shape forwarder/detections/firing.py writes
+    (docs/detections.md): what the "Detection fired" monitor selects."""
+    return {
+        "ddsource": "workos",
+        "service": "workos-events",
+        "ddtags": (
+            "source:workos,env:production,event:forwarder.detection,category:security,"
+            f"forwarder:workos-forwarder,detection:{rule},severity:{severity}"
+        ),
+        "status": "error" if severity in ("high", "critical") else "warning",
+        "date": "2026-11-26T23:41:00.000Z",
+        "message": f"{rule}: fired",
+        "evt": {"name": "forwarder.detection", "category": "security", "outcome": "detected"},
+        "detection": {
+            "rule": rule,
+            "title": rule,
+            "severity": severity,
+            "group": group,
+            "count": 12,
+            "window": {"start": "2026-11-26T23:31:00.000Z", "end": "2026-11-26T23:41:00.000Z"},
+            "event_ids": ["event_01HWZBQ8NJ5J7Y2D3XKTA9C6RE"],
+            "attack": ["T1110.003"],
+            "late": late,
+        },
+        "workos": {
+            "id": "detection_0123456789abcdef0123456789abcdef",
+            "event": "forwarder.detection",
+            "created_at": "2026-11-26T23:41:00.000Z",
+            "delivery": "detection",
+        },
+    }
+
+
+FIRINGS = [
+    firing("workos_password_spraying", "high", {"network.client.ip": "203.0.113.7"}, late=False),
+    firing("workos_brute_force_then_success", "critical", {"usr.email": "ada@example.com"}, late=True),
+]
+
+
 def records() -> list[dict[str, Any]]:
-    return [normalize(event, NormalizeOptions()) for event in [*SAMPLES.values(), *EXTRA_EVENTS]]
+    events = [*SAMPLES.values(), *EXTRA_EVENTS]
+    return [normalize(event, NormalizeOptions()) for event in events] + copy.deepcopy(FIRINGS)
 
 
 RECORDS = records()
@@ -142,7 +184,7 @@ def test_every_shipped_asset_passes_validate() -> None:
     _, problems = validate(ROOT)
     assert [str(p) for p in problems] == []
     kinds = {asset.kind for asset in ASSETS}
-    assert kinds == {"pipeline", "monitor", "dashboard", "log_metric"}
+    assert kinds == {"pipeline", "monitor", "dashboard", "log_metric", "security_rule"}
 
 
 def test_validate_command_reports_success() -> None:
@@ -200,6 +242,8 @@ def test_every_log_query_selects_this_forwarder_s_logs_not_workos_s_own_stream()
             searches.extend(search for _, search in dashboard_log_searches(asset.document))
         elif asset.kind == "pipeline":
             searches.append(asset.document["filter"]["query"])
+        elif asset.kind == "security_rule":
+            searches.extend(query["query"] for query in security_rule_queries(asset.document))
         else:
             searches.append(asset.document["data"]["attributes"]["filter"]["query"])
     assert len(searches) > 20
@@ -224,7 +268,7 @@ def test_the_facet_extraction_finds_the_facets_the_assets_are_built_on() -> None
 
 
 def test_samples_cover_every_category_the_assets_query() -> None:
-    sampled = {record["workos"]["category"] for record in RECORDS}
+    sampled = {record["workos"]["category"] for record in RECORDS if "category" in record["workos"]}
     assert sampled >= set(catalog.category(t) for t in catalog.KNOWN_EVENT_TYPES) - {"dsync.token"}
     queried = {value for _, facet, value in facet_values() if facet == "workos.category"}
     assert queried and queried <= sampled
@@ -294,6 +338,8 @@ def facet_values() -> Iterator[tuple[str, str, str]]:
             searches = [search for _, search in dashboard_log_searches(asset.document)]
         elif asset.kind == "pipeline":
             searches = [asset.document["filter"]["query"]]
+        elif asset.kind == "security_rule":
+            searches = [query["query"] for query in security_rule_queries(asset.document)]
         else:
             searches = [asset.document["data"]["attributes"]["filter"]["query"]]
         for search in searches:
@@ -304,7 +350,8 @@ def facet_values() -> Iterator[tuple[str, str, str]]:
 
 @pytest.mark.parametrize(("name", "facet", "value"), sorted(set(facet_values())))
 def test_every_facet_value_queried_is_one_the_normalizer_emits(name: str, facet: str, value: str) -> None:
-    emitted = {str(value_at(r, facet)) for r in RECORDS if value_at(r, facet) is not None}
+    found = [value_at(r, facet) for r in RECORDS if value_at(r, facet) is not None]
+    emitted = {json.dumps(value) if isinstance(value, bool) else str(value) for value in found}
     if facet == "evt.name":
         emitted |= catalog.KNOWN_EVENT_TYPES
     assert fnmatch.filter(emitted, value), f"{name}: no record has @{facet}:{value}"

@@ -151,3 +151,47 @@ def test_grafana_dashboard_is_importable() -> None:
         }
         assert not area & cells, f"{panel['title']} overlaps another panel"
         cells |= area
+
+
+# --- Alerts on the detection engine's firings (monitors/prometheus/workos-detections.rules.yml) ---
+
+DETECTION_RULES = ROOT / "monitors" / "prometheus" / "workos-detections.rules.yml"
+MONITORS_DOC = ROOT / "docs" / "monitors.md"
+
+
+def detection_rules() -> list[dict[str, Any]]:
+    return [
+        rule for group in yaml.safe_load(DETECTION_RULES.read_text())["groups"] for rule in group["rules"]
+    ]
+
+
+def test_detection_rules_pass_promtool_check_and_have_unit_tests() -> None:
+    result = run_promtool("check", "rules", str(DETECTION_RULES))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(detection_rules())} rules found" in result.stdout
+    tested = [path for path in RULE_TESTS if "../workos-detections.rules.yml" in path.read_text()]
+    assert tested, "no promtool test loads workos-detections.rules.yml"
+
+
+def test_detection_alerts_page_on_high_and_warn_on_low_with_a_runbook_section() -> None:
+    found = {rule["alert"]: rule for rule in detection_rules() if "alert" in rule}
+    assert {name: rule["labels"]["severity"] for name, rule in found.items()} == {
+        "WorkOSDetectionFired": "critical",
+        "WorkOSDetectionFiredLowSeverity": "warning",
+    }
+    headings = set(re.findall(r"^### (\w+)$", MONITORS_DOC.read_text(), re.MULTILINE))
+    for name, rule in found.items():
+        assert rule["labels"]["service"] == "workos-forwarder", name
+        assert rule["annotations"]["runbook"] == f"docs/monitors.md#{name.lower()}", name
+        assert name in headings, name
+
+
+@pytest.mark.skipif(
+    "workos_detections" not in {family.name for family in REGISTRY.collect()},
+    reason="workos_detections_total comes with the detection engine (forwarder/metrics.py, detections)",
+)
+@pytest.mark.parametrize("rule", detection_rules(), ids=lambda rule: rule.get("alert") or rule["record"])
+def test_the_detection_rules_query_the_engine_s_counter(rule: dict[str, Any]) -> None:
+    recorded = {r["record"] for r in detection_rules() if "record" in r}
+    names = metric_names(rule["expr"])
+    assert names and not names - exposed_series() - recorded, names

@@ -1,10 +1,10 @@
 """``datadog apply``: plan, diff and make Datadog match the asset files.
 
-Apply finds existing objects by name among those marked as ours (logs pipelines and monitors
-by the tag ``managed-by:workos-forwarder``; dashboards by that marker in their description,
-because Datadog only allows ``team:`` tags on dashboards; log-based metrics by their id), compares
-only the fields the file sets (the server adds ids, timestamps, defaults), prints a diff and
-creates or updates. A second apply finds nothing to change.
+Apply finds existing objects by name among those marked as ours (logs pipelines, monitors and
+Cloud SIEM rules by the tag ``managed-by:workos-forwarder``; dashboards by that marker in their
+description, because Datadog only allows ``team:`` tags on dashboards; log-based metrics by their
+id), compares only the fields the file sets (the server adds ids, timestamps, defaults), prints a
+diff and creates or updates. A second apply finds nothing to change.
 """
 
 from __future__ import annotations
@@ -27,8 +27,18 @@ from datadog_api_client.v1.model.logs_pipeline import LogsPipeline
 from datadog_api_client.v1.model.monitor import Monitor
 from datadog_api_client.v1.model.monitor_update_request import MonitorUpdateRequest
 from datadog_api_client.v2.api.logs_metrics_api import LogsMetricsApi
+from datadog_api_client.v2.api.security_monitoring_api import SecurityMonitoringApi
 from datadog_api_client.v2.model.logs_metric_create_request import LogsMetricCreateRequest
 from datadog_api_client.v2.model.logs_metric_update_request import LogsMetricUpdateRequest
+from datadog_api_client.v2.model.security_monitoring_rule_update_payload import (
+    SecurityMonitoringRuleUpdatePayload,
+)
+from datadog_api_client.v2.model.security_monitoring_standard_rule_create_payload import (
+    SecurityMonitoringStandardRuleCreatePayload,
+)
+from datadog_api_client.v2.model.security_monitoring_standard_rule_payload import (
+    SecurityMonitoringStandardRulePayload,
+)
 
 from forwarder.datadog.assets import MANAGED_TAG, MODELS, Asset, Kind, offline_client
 from forwarder.errors import ApplyError
@@ -76,14 +86,17 @@ def plan(client: ApiClient, assets: list[Asset]) -> list[Change]:
     remote_monitors = _managed_monitors(client)
     remote_dashboards = _managed_dashboards(client)
     remote_metrics = _log_metrics(client)
+    remote_rules = _managed_security_rules(client) if any(a.kind == "security_rule" for a in assets) else {}
     changes = []
     # Pipelines first: they write the attributes the rest query.
-    order = ("pipeline", "log_metric", "monitor", "dashboard")
+    order = ("pipeline", "log_metric", "monitor", "dashboard", "security_rule")
     for asset in sorted(assets, key=lambda a: order.index(a.kind)):
         if asset.kind == "pipeline":
             changes.append(_compare(asset, remote_pipelines.get(asset.name), asset.document))
         elif asset.kind == "monitor":
             changes.append(_compare(asset, remote_monitors.get(asset.name), asset.document))
+        elif asset.kind == "security_rule":
+            changes.append(_compare(asset, remote_rules.get(asset.name), asset.document))
         elif asset.kind == "dashboard":
             remote = remote_dashboards.get(asset.name)
             if remote is not None:
@@ -121,6 +134,8 @@ def execute(client: ApiClient, changes: list[Change]) -> None:
                     int(change.remote_id or 0),
                     _model(asset.document, MonitorUpdateRequest),
                 )
+        elif asset.kind == "security_rule":
+            _execute_security_rule(client, change, label)
         elif asset.kind == "dashboard":
             body = _model(asset.document, Dashboard)
             if change.action == "create":
@@ -138,6 +153,46 @@ def execute(client: ApiClient, changes: list[Change]) -> None:
                 }
             }
             _call(label, metrics.update_logs_metric, asset.name, _model(update, LogsMetricUpdateRequest))
+
+
+def _execute_security_rule(client: ApiClient, change: Change, label: str) -> None:
+    """Validate with Datadog, then create, or replace queries, cases and options (PUT sends them whole)."""
+    api, document = SecurityMonitoringApi(client), change.asset.document
+    _call(
+        label, api.validate_security_monitoring_rule, _model(document, SecurityMonitoringStandardRulePayload)
+    )
+    if change.action == "create":
+        _call(
+            label,
+            api.create_security_monitoring_rule,
+            _model(document, SecurityMonitoringStandardRuleCreatePayload),
+        )
+    else:
+        update = {key: value for key, value in document.items() if key != "type"}  # type cannot change
+        _call(
+            label,
+            api.update_security_monitoring_rule,
+            change.remote_id,
+            _model(update, SecurityMonitoringRuleUpdatePayload),
+        )
+
+
+def _managed_security_rules(client: ApiClient) -> dict[str, dict[str, Any]]:
+    """Cloud SIEM rules tagged as ours, by name (Datadog's own rules, hundreds of them, are skipped)."""
+    api = SecurityMonitoringApi(client)
+    found: dict[str, dict[str, Any]] = {}
+    page = 0
+    while True:
+        listed = _to_json(
+            _call("security rule list", api.list_security_monitoring_rules, page_size=100, page_number=page)
+        )
+        batch = listed.get("data") or []
+        for remote in batch:
+            if MANAGED_TAG in (remote.get("tags") or []):
+                _add_unique(found, str(remote.get("name")), remote, "Cloud SIEM rules")
+        if len(batch) < 100:
+            return found
+        page += 1
 
 
 def _managed_pipelines(client: ApiClient) -> dict[str, dict[str, Any]]:

@@ -30,15 +30,19 @@ from datadog_api_client.v1.model.dashboard import Dashboard
 from datadog_api_client.v1.model.logs_pipeline import LogsPipeline
 from datadog_api_client.v1.model.monitor import Monitor
 from datadog_api_client.v2.model.logs_metric_create_request import LogsMetricCreateRequest
+from datadog_api_client.v2.model.security_monitoring_standard_rule_create_payload import (
+    SecurityMonitoringStandardRuleCreatePayload,
+)
 
 MANAGED_TAG = "managed-by:workos-forwarder"
 
-Kind = Literal["pipeline", "monitor", "dashboard", "log_metric"]
+Kind = Literal["pipeline", "monitor", "dashboard", "log_metric", "security_rule"]
 MODELS: dict[str, type[OpenApiModel]] = {
     "pipeline": LogsPipeline,
     "monitor": Monitor,
     "dashboard": Dashboard,
     "log_metric": LogsMetricCreateRequest,
+    "security_rule": SecurityMonitoringStandardRuleCreatePayload,
 }
 
 
@@ -62,8 +66,9 @@ class Asset:
 
     @property
     def name(self) -> str:
-        """What apply matches on: a pipeline's or monitor's name, a dashboard's title, a log metric's id."""
-        if self.kind in ("monitor", "pipeline"):
+        """What apply matches on: the name of a pipeline, monitor or Cloud SIEM rule, a dashboard's
+        title, a log metric's id."""
+        if self.kind in ("monitor", "pipeline", "security_rule"):
             return str(self.document.get("name", ""))
         if self.kind == "dashboard":
             return str(self.document.get("title", ""))
@@ -88,6 +93,8 @@ def asset_files(root: Path) -> Iterator[tuple[Kind, Path]]:
         yield "log_metric", path
     for path in sorted((root / "monitors" / "datadog").glob("*.json")):
         yield "monitor", path
+    for path in sorted((root / "monitors" / "datadog" / "security_rules").glob("*.json")):
+        yield "security_rule", path
     for path in sorted((root / "dashboards" / "datadog").glob("*.json")):
         yield "dashboard", path
 

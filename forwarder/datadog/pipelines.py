@@ -23,6 +23,9 @@ _WRITTEN_UNDER_TARGET: dict[str, frozenset[str]] = {
             "subdivision.iso_code",
             "subdivision.name",
             "city.name",
+            # The coordinates Cloud SIEM's impossible-travel method reads (and FORWARDER_GEOIP_DB adds).
+            "location.latitude",
+            "location.longitude",
         }
     ),
     "user-agent-parser": frozenset(

@@ -344,6 +344,16 @@ def referenced_facets(asset: Asset) -> set[str]:
     elif asset.kind == "pipeline":
         facets |= search_facets(str(document.get("filter", {}).get("query", "")))
         facets |= read_attributes(document)
+    elif asset.kind == "security_rule":
+        for query in security_rule_queries(document):
+            facets |= search_facets(str(query.get("query", "")))
+            named = [
+                *query.get("groupByFields", []),
+                *query.get("distinctFields", []),
+                *query.get("metrics", []),
+            ]
+            named += [query["metric"]] if query.get("metric") else []
+            facets |= {str(facet)[1:] for facet in named if str(facet).startswith("@")}
     else:
         attributes = document.get("data", {}).get("attributes", {})
         facets |= search_facets(attributes.get("filter", {}).get("query", ""))
@@ -361,9 +371,17 @@ def referenced_tag_keys(asset: Asset) -> set[str]:
         searches = [search for _, search in dashboard_log_searches(document)]
     elif asset.kind == "pipeline":
         searches = [str(document.get("filter", {}).get("query", ""))]
+    elif asset.kind == "security_rule":
+        searches = [str(query.get("query", "")) for query in security_rule_queries(document)]
     else:
         searches = [document.get("data", {}).get("attributes", {}).get("filter", {}).get("query", "")]
     return {key for search in searches for key in search_tag_keys(search)}
+
+
+def security_rule_queries(document: Any) -> list[dict[str, Any]]:
+    """The queries of a Cloud SIEM rule document (each a dict with ``query``, ``groupByFields``...)."""
+    queries = document.get("queries") if isinstance(document, dict) else None
+    return [query for query in queries or [] if isinstance(query, dict)]
 
 
 def referenced_metrics(asset: Asset) -> set[str]:

@@ -1,11 +1,13 @@
-"""The rules a pipeline, monitor, dashboard or log-based metric file must follow: ``datadog validate``.
+"""The rules a pipeline, monitor, dashboard, log-based metric or Cloud SIEM rule file must follow:
+``datadog validate``.
 
 Each file must parse as its datadog-api-client model (see ``assets``), carry the marker apply
 finds it by, and query this forwarder's logs. Log queries are parsed, and a monitor's critical
 threshold must equal the number in its query (Datadog rejects the monitor otherwise, but only
 online). A pipeline and each of its processors must be enabled explicitly (Datadog's default
 is disabled), and a facet that monitors and dashboards use under a parser's target must be one
-the parser writes.
+the parser writes. A Cloud SIEM rule's case conditions may name only its queries, and the files
+generated from ``monitors/sigma/`` must match what those rules give now.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from forwarder.datadog.assets import MANAGED_TAG, MODELS, Asset, Problem, check_model, load_assets
+from forwarder.datadog.detections import out_of_date
 from forwarder.datadog.pipelines import parser_targets, processors, written_attributes
 from forwarder.datadog.queries import (
     FACET,
@@ -29,6 +32,7 @@ from forwarder.datadog.queries import (
     unbalanced,
     walk_metric_queries,
 )
+from forwarder.datadog.sigma import SIGMA_DIRECTORY, SigmaLoadError
 
 _NOT_OURS = f"must select this forwarder's logs with {' or '.join(OUR_LOGS)}, not only source:workos"
 
@@ -210,11 +214,93 @@ def _check_log_metric(asset: Asset) -> list[Problem]:
     return problems
 
 
+_CASE_CONDITION_TOKEN = re.compile(
+    r"\s*(?:(?P<name>[a-z]\w*)|(?P<number>\d+(?:\.\d+)?)|(?P<op>>=|>|&&|\|\||[()]))"
+)
+_METHOD_AGGREGATION = {"impossible_travel": "geo_data", "new_value": "new_value"}
+
+
+def _check_security_rule(asset: Asset) -> list[Problem]:
+    """What Datadog refuses only online, or accepts and then never fires on."""
+    document, path = asset.document, asset.path
+    problems = _server_fields(asset)
+    if not isinstance(document.get("name"), str) or not document["name"].strip():
+        problems.append(Problem(path, "name", "required, a non-empty string: apply matches rules by name"))
+    if MANAGED_TAG not in (document.get("tags") or []):
+        problems.append(Problem(path, "tags", f"must include {MANAGED_TAG!r}: apply finds its rules by it"))
+    if document.get("isEnabled") is not True:
+        problems.append(Problem(path, "isEnabled", "set true: a disabled rule never fires"))
+    queries = document.get("queries") or []
+    names = [str(query.get("name", "")) for query in queries if isinstance(query, dict)]
+    if len(set(names)) != len(names) or "" in names:
+        problems.append(Problem(path, "queries", "every query needs a name of its own (a, b, ...)"))
+    for index, query in enumerate(queries):
+        if not isinstance(query, dict):
+            continue
+        where = f"queries[{index}]"
+        search = str(query.get("query", ""))
+        problems.extend(Problem(path, f"{where}.query", problem) for problem in check_log_search(search))
+        if not selects_our_logs(search):
+            problems.append(Problem(path, f"{where}.query", _NOT_OURS))
+        for key in ("groupByFields", "distinctFields", "metrics"):
+            for position, facet in enumerate(query.get(key) or []):
+                if not FACET.fullmatch(str(facet)):
+                    problems.append(Problem(path, f"{where}.{key}[{position}]", "expected an @facet path"))
+        if query.get("aggregation") == "cardinality" and not query.get("distinctFields"):
+            problems.append(
+                Problem(path, f"{where}.distinctFields", "a cardinality counts one @facet: name it")
+            )
+    options = document.get("options") or {}
+    method = str(options.get("detectionMethod", "threshold"))
+    for index, case in enumerate(document.get("cases") or []):
+        condition = str((case or {}).get("condition", ""))
+        if method == "threshold" and not condition:
+            problems.append(
+                Problem(path, f"cases[{index}].condition", "a threshold rule's case needs a condition")
+            )
+        problems.extend(
+            Problem(path, f"cases[{index}].condition", problem)
+            for problem in _case_problems(condition, names)
+        )
+    wanted = _METHOD_AGGREGATION.get(method)
+    if wanted and not any(isinstance(q, dict) and q.get("aggregation") == wanted for q in queries):
+        problems.append(
+            Problem(path, "queries", f"the {method} method needs a query with aggregation {wanted!r}")
+        )
+    window, keep_alive, longest = (
+        options.get(k) for k in ("evaluationWindow", "keepAlive", "maxSignalDuration")
+    )
+    if isinstance(window, int) and isinstance(keep_alive, int) and keep_alive < window:
+        problems.append(
+            Problem(path, "options.keepAlive", f"{keep_alive} must be at least evaluationWindow {window}")
+        )
+    if isinstance(keep_alive, int) and isinstance(longest, int) and longest < keep_alive:
+        problems.append(
+            Problem(path, "options.maxSignalDuration", f"{longest} must be at least keepAlive {keep_alive}")
+        )
+    return problems
+
+
+def _case_problems(condition: str, names: list[str]) -> list[str]:
+    """A case condition uses the queries' names, numbers, ``> >= && ||`` and parentheses only."""
+    position, problems = 0, list[str]()
+    while position < len(condition.rstrip()):
+        match = _CASE_CONDITION_TOKEN.match(condition, position)
+        if match is None or match.end() == position:
+            allowed = "only query names, numbers, >, >=, && and || are allowed"
+            return [*problems, f"{condition[position:].strip()!r}: {allowed}"]
+        if match["name"] and match["name"] not in names:
+            problems.append(f"{match['name']!r} names no query (queries: {', '.join(names)})")
+        position = match.end()
+    return problems
+
+
 _CHECKS = {
     "pipeline": _check_pipeline,
     "monitor": _check_monitor,
     "dashboard": _check_dashboard,
     "log_metric": _check_log_metric,
+    "security_rule": _check_security_rule,
 }
 
 
@@ -227,6 +313,23 @@ def _server_fields(asset: Asset) -> list[Problem]:
     ]
 
 
-def validate(root: Path) -> tuple[list[Asset], list[Problem]]:
+def generated_problems(root: Path, extra: Path | None = None) -> list[Problem]:
+    """Files generated from the Sigma rules that no longer match them (when the root has rules)."""
+    if not (root / SIGMA_DIRECTORY).is_dir():
+        return []
+    try:
+        lagging = out_of_date(root, extra)
+    except SigmaLoadError as exc:
+        return [Problem(root / SIGMA_DIRECTORY, "", str(exc))]
+    return [
+        Problem(
+            path, "", f"{reason}: run `workos-forwarder datadog generate` after changing {SIGMA_DIRECTORY}/"
+        )
+        for path, reason in lagging
+    ]
+
+
+def validate(root: Path, extra: Path | None = None) -> tuple[list[Asset], list[Problem]]:
+    """Every problem of the asset files under ``root``; ``extra``: ``FORWARDER_DETECTION_RULES``."""
     assets, problems = load_assets(root)
-    return assets, problems + validate_assets(assets)
+    return assets, problems + validate_assets(assets) + generated_problems(root, extra)

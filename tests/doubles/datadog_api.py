@@ -1,8 +1,10 @@
 """The part of Datadog's API that ``workos-forwarder datadog apply`` uses, on loopback.
 
 Monitors (list with ``monitor_tags``, paging, create, update, validate), dashboards (list,
-get, create, update), log-based metrics (list, get, create, update) and logs pipelines (list,
-get, create, replace; read-only integration pipelines refuse changes). Like the real
+get, create, update), log-based metrics (list, get, create, update), logs pipelines (list,
+get, create, replace; read-only integration pipelines refuse changes) and Cloud SIEM detection
+rules (list by page, get, create, update, validate; a case condition naming no query, an
+unknown severity or a keepAlive shorter than the window is a 400). Like the real
 service it answers 403 without both keys, fills in what the server owns (ids, timestamps,
 creator, state, widget ids, option defaults, thresholds as floats) so apply has to strip
 and ignore them, rejects a monitor whose critical threshold differs from its query, and
@@ -48,6 +50,7 @@ class DatadogApi(LoopbackServer):
         self.dashboards: dict[str, dict[str, Any]] = {}
         self.log_metrics: dict[str, dict[str, Any]] = {}
         self.pipelines: dict[str, dict[str, Any]] = {}
+        self.security_rules: dict[str, dict[str, Any]] = {}
         self.requests: list[ApiRequest] = []
         self._lock = threading.Lock()
         self._ids = itertools.count(1001)
@@ -63,6 +66,15 @@ class DatadogApi(LoopbackServer):
                 Route("/api/v2/logs/config/metrics/{metric_id}", self._log_metric, methods=["GET", "PATCH"]),
                 Route("/api/v1/logs/config/pipelines", self._pipelines, methods=["GET", "POST"]),
                 Route("/api/v1/logs/config/pipelines/{pipeline_id}", self._pipeline, methods=["GET", "PUT"]),
+                Route("/api/v2/security_monitoring/rules", self._security_rules, methods=["GET", "POST"]),
+                Route(
+                    "/api/v2/security_monitoring/rules/validation",
+                    self._validate_security_rule,
+                    methods=["POST"],
+                ),
+                Route(
+                    "/api/v2/security_monitoring/rules/{rule_id}", self._security_rule, methods=["GET", "PUT"]
+                ),
             ]
         )
         super().__init__(app)
@@ -70,7 +82,11 @@ class DatadogApi(LoopbackServer):
     @property
     def writes(self) -> list[ApiRequest]:
         """Requests that change something (validation is not a change)."""
-        return [r for r in self.requests if r.method != "GET" and not r.path.endswith("/validate")]
+        return [
+            r
+            for r in self.requests
+            if r.method != "GET" and not r.path.endswith(("/validate", "/validation"))
+        ]
 
     # --- helpers used by tests to play "someone edited it in the UI" ---
 
@@ -284,6 +300,86 @@ class DatadogApi(LoopbackServer):
         self.pipelines[pipeline_id] = pipeline
         return pipeline
 
+    # --- Cloud SIEM detection rules ---
+
+    def add_security_rule(self, rule: dict[str, Any]) -> str:
+        """Store a rule as if made elsewhere: by hand, or one of Datadog's default rules."""
+        with self._lock:
+            return self._store_security_rule(copy.deepcopy(rule), None)["id"]
+
+    def security_rule_named(self, name: str) -> dict[str, Any]:
+        matches = [r for r in self.security_rules.values() if r["name"] == name]
+        assert len(matches) == 1, f"{len(matches)} security rules named {name!r}"
+        return matches[0]
+
+    async def _security_rules(self, request: Request) -> Response:
+        body = await self._begin(request)
+        if isinstance(body, Response):
+            return body
+        if request.method == "GET":
+            size = int(request.query_params.get("page[size]", "10"))
+            number = int(request.query_params.get("page[number]", "0"))
+            listed = list(self.security_rules.values())
+            page = listed[number * size : (number + 1) * size]
+            return _json({"data": page, "meta": {"page": {"total_count": len(listed)}}})
+        problem = _security_rule_problem(body)
+        if problem:
+            return _json({"errors": [problem]}, 400)
+        with self._lock:
+            return _json(self._store_security_rule(body, None))
+
+    async def _validate_security_rule(self, request: Request) -> Response:
+        body = await self._begin(request)
+        if isinstance(body, Response):
+            return body
+        problem = _security_rule_problem(body)
+        return _json({"errors": [problem]}, 400) if problem else Response(status_code=204)
+
+    async def _security_rule(self, request: Request) -> Response:
+        body = await self._begin(request)
+        if isinstance(body, Response):
+            return body
+        rule_id = request.path_params["rule_id"]
+        if rule_id not in self.security_rules:
+            return _json({"errors": ["Rule not found"]}, 404)
+        current = self.security_rules[rule_id]
+        if request.method == "GET":
+            return _json(current)
+        if "type" in body:
+            return _json({"errors": ["The rule type cannot be updated"]}, 400)
+        merged = {**current, **body}
+        problem = _security_rule_problem(merged)
+        if problem:
+            return _json({"errors": [problem]}, 400)
+        with self._lock:
+            return _json(self._store_security_rule(merged, current))
+
+    def _store_security_rule(self, body: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+        """What Datadog answers: ids, authors, versions, and defaults in queries, cases and options."""
+        now = int(datetime.now(UTC).timestamp() * 1000)
+        rule_id = previous["id"] if previous else f"abc-{next(self._ids)}-def"
+        rule = {
+            "hasExtendedTitle": False,
+            "filters": [],
+            "tags": [],
+            **body,
+            "type": previous["type"] if previous else body.get("type", "log_detection"),
+            "id": rule_id,
+            "createdAt": previous["createdAt"] if previous else now,
+            "creationAuthorId": 1234,
+            "updateAuthorId": 1234,
+            "isDefault": False,
+            "isDeleted": False,
+            "version": previous["version"] + 1 if previous else 1,
+            "queries": [_server_rule_query(query) for query in body.get("queries", [])],
+            "cases": [
+                {"name": "", "notifications": [], "condition": "", **case} for case in body.get("cases", [])
+            ],
+            "options": {"decreaseCriticalityBasedOnEnv": False, **body.get("options", {})},
+        }
+        self.security_rules[rule_id] = rule
+        return rule
+
     # --- plumbing ---
 
     async def _begin(self, request: Request) -> Any:
@@ -299,6 +395,55 @@ class DatadogApi(LoopbackServer):
         ):
             return _json({"errors": ["Forbidden"]}, 403)
         return body
+
+
+_DETECTION_METHODS = {
+    "threshold",
+    "new_value",
+    "anomaly_detection",
+    "impossible_travel",
+    "sequence_detection",
+}
+_SEVERITIES = {"info", "low", "medium", "high", "critical"}
+_CASE_TOKEN = re.compile(r"\s*(?:([a-z]\w*)|\d+(?:\.\d+)?|>=|>|&&|\|\||[()])")
+
+
+def _security_rule_problem(rule: dict[str, Any]) -> str | None:
+    """What Datadog's rule validation answers 400 for, in the cases apply can meet."""
+    for key in ("name", "message", "queries", "cases", "options"):
+        if not rule.get(key):
+            return f"The parameter '{key}' is required"
+    options = rule["options"]
+    method = options.get("detectionMethod", "threshold")
+    if method not in _DETECTION_METHODS:
+        return f"Invalid detection method: {method}"
+    if options.get("keepAlive", 0) < options.get("evaluationWindow", 0):
+        return "keepAlive must be greater than or equal to evaluationWindow"
+    names = {query.get("name") or "" for query in rule["queries"]}
+    for case in rule["cases"]:
+        if case.get("status") not in _SEVERITIES:
+            return f"Invalid case status: {case.get('status')}"
+        condition = case.get("condition", "")
+        position = 0
+        while position < len(condition.rstrip()):
+            match = _CASE_TOKEN.match(condition, position)
+            if match is None or match.end() == position:
+                return f"Invalid case condition: {condition}"
+            if match.group(1) and match.group(1) not in names:
+                return f"Case condition references an unknown query: {match.group(1)}"
+            position = match.end()
+    return None
+
+
+def _server_rule_query(query: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "aggregation": "count",
+        "distinctFields": [],
+        "groupByFields": [],
+        "hasOptionalGroupByFields": False,
+        "dataSource": "logs",
+        **query,
+    }
 
 
 def _monitor_problem(monitor: dict[str, Any]) -> str | None:
