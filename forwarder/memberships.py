@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
+
+from forwarder.records import NewRecord
 
 Source = Literal["membership", "session", "api"]
 Attribution = Literal["event", "membership", "session", "api"]
@@ -30,6 +33,40 @@ Attribution = Literal["event", "membership", "session", "api"]
 _PRECEDENCE: dict[str, int] = {"membership": 0, "session": 1, "api": 2}
 """Which source names a user's attribution when their organizations came from several: an
 organization membership event is the firmest word, a session the next, a lookup the last."""
+
+
+LEARNED_TYPES = frozenset(
+    {
+        "organization_membership.created",
+        "organization_membership.updated",
+        "organization_membership.deleted",
+        "session.created",
+    }
+)
+"""The event types that tie a user to an organization."""
+
+Said = tuple[str, str, str, bool]
+"""(user, organization, source, active): what one event says about one membership."""
+
+
+def memberships_in(event_type: str, data: dict[str, Any]) -> list[Said]:
+    """What an event of ``LEARNED_TYPES`` says: a session ties its user to its organization; a
+    membership does while ``active`` (``inactive``, ``pending`` and a deletion end it)."""
+    user_id, organization_id = data.get("user_id"), data.get("organization_id")
+    if type(user_id) is not str or type(organization_id) is not str or not user_id or not organization_id:
+        return []
+    if event_type == "session.created":
+        return [(user_id, organization_id, "session", True)]
+    active = event_type != "organization_membership.deleted" and data.get("status") == "active"
+    return [(user_id, organization_id, "membership", active)]
+
+
+@dataclass(slots=True)
+class LearningRecord(NewRecord):
+    """A record of one of ``LEARNED_TYPES``, with what it says worked out while the event was
+    decoded anyway (normalizing), so the journal's writer thread need not decode it again."""
+
+    memberships: list[Said]
 
 
 class Row(NamedTuple):

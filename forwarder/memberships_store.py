@@ -33,19 +33,18 @@ from forwarder import metrics
 from forwarder.config import duration, integer
 from forwarder.group_commit import JournalUnavailable, Transaction
 from forwarder.journal import Journal
-from forwarder.memberships import MembershipMap, Row
+from forwarder.memberships import (
+    LEARNED_TYPES,
+    LearningRecord,
+    MembershipMap,
+    Row,
+    Said,
+    memberships_in,
+)
 from forwarder.records import NewRecord
 
 logger = logging.getLogger("forwarder.memberships")
 
-LEARNED_TYPES = frozenset(
-    {
-        "organization_membership.created",
-        "organization_membership.updated",
-        "organization_membership.deleted",
-        "session.created",
-    }
-)
 _REFRESH_BATCH = 5_000
 _RESEEN_S = 3600.0
 """A row the map holds active, seen less than this ago, is not written again for another event
@@ -85,20 +84,15 @@ class MembershipSettings:
         )
 
 
-def learned_rows(record: NewRecord) -> list[tuple[str, str, str, bool]]:
-    """(user, organization, source, active) that a stored record says, if any."""
-    event_type = record.event_type
-    try:
+def learned_rows(record: NewRecord) -> list[Said]:
+    """What a stored record of ``LEARNED_TYPES`` says (worked out when it was normalized)."""
+    if type(record) is LearningRecord:
+        return record.memberships
+    try:  # built elsewhere than ``journal_record``: read it from the record
         data = orjson.loads(record.json)["workos"]["data"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return []
-    user_id, organization_id = data.get("user_id"), data.get("organization_id")
-    if type(user_id) is not str or type(organization_id) is not str or not user_id or not organization_id:
-        return []
-    if event_type == "session.created":
-        return [(user_id, organization_id, "session", True)]
-    active = event_type != "organization_membership.deleted" and data.get("status") == "active"
-    return [(user_id, organization_id, "membership", active)]
+    return memberships_in(record.event_type, data) if type(data) is dict else []
 
 
 class MembershipStore:

@@ -30,7 +30,7 @@ import orjson
 from forwarder import catalog
 from forwarder.errors import InvalidEvent
 from forwarder.geoip import GeoIP
-from forwarder.memberships import MembershipMap, attribute
+from forwarder.memberships import LEARNED_TYPES, LearningRecord, MembershipMap, attribute, memberships_in
 from forwarder.records import NewRecord
 from forwarder.redaction import Redactor
 
@@ -106,7 +106,11 @@ def journal_record(event: Any, options: NormalizeOptions, *, delivery: Delivery)
     except orjson.JSONEncodeError as exc:
         raise InvalidEvent(_unencodable(event, str(exc))) from None
     created_at = created.timestamp() if created is not None else None
-    return NewRecord(event["id"], event["event"], created_at, encoded)
+    event_type = event["event"]
+    if event_type in LEARNED_TYPES:
+        said = memberships_in(event_type, record["workos"]["data"])
+        return LearningRecord(event["id"], event_type, created_at, encoded, said)
+    return NewRecord(event["id"], event_type, created_at, encoded)
 
 
 def body_error(exc: orjson.JSONDecodeError) -> str:

@@ -312,8 +312,12 @@ EXPECTED: dict[str, dict[str, Any]] = {
         org=ORG_ID,
         error={"kind": "access_denied", "message": "The user denied the authorization request."},
     ),
-    "vault_data_read": _expect("info/info/vault", "vault.data.read"),
-    "vault_kek_created": _expect("info/info/vault", "vault.kek.created"),
+    "vault_data_read": _expect(  # the actor is the user (docs/record.md, "Vault: who acted")
+        "info/info/vault", "vault.data.read", usr={"id": USER_ID, "name": "billing-service"}, actor=True
+    ),
+    "vault_kek_created": _expect(
+        "info/info/vault", "vault.kek.created", usr={"id": USER_ID, "name": "Ada Lovelace"}, actor=True
+    ),
     "waitlist_user_created": _expect(
         "info/info/waitlist_user", f"waitlist_user.created for {INVITEE_EMAIL}", usr={"email": INVITEE_EMAIL}
     ),
@@ -377,7 +381,14 @@ def test_sample_is_normalized_as_expected(name: str) -> None:
     assert workos["created_at"] == event["created_at"]
     assert workos.get("organization_id") == want["org"]
     assert ("actor" in workos) == want["actor"]
-    if want["actor"]:
+    if want["actor"] and want["category"] == "vault":
+        data = event["data"]
+        assert workos["actor"] == {
+            "id": data["actor_id"],
+            "source": data["actor_source"],
+            "name": data["actor_name"],
+        }
+    elif want["actor"]:
         assert workos["actor"] == event["context"]["actor"]
     assert workos["data"] == event["data"]
     assert workos.get("context") == event.get("context")
