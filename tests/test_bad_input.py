@@ -319,7 +319,7 @@ def test_backfill_skips_bad_events_counts_them_and_completes(
     result = service.cli("backfill", "--since", since)
 
     assert result.returncode == 0, result.stderr
-    assert re.search(r"fetched 34, new 30, already known 0, not events 4", result.stdout), result.stdout
+    assert re.search(r"fetched 34, new 30, already known 0, skipped 4", result.stdout), result.stdout
     wait_for(
         lambda: sorted(service.record_ids()) == sorted(event["id"] for event in good),
         what="the 30 valid backfilled events",

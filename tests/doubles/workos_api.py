@@ -223,7 +223,7 @@ class WorkOSEventsAPI:
             return 401, {}, {"message": "Unauthorized", "code": "unauthorized"}, 0
         with self._lock:
             if self._failures:
-                status, headers = self._failures.pop(0)
+                status, headers, _ = self._failures.pop(0)
                 return status, headers, {"message": f"emulated {status}"}, 0
         user_id = params.get("user_id", "")
         if user_id in self.missing_users:
