@@ -109,7 +109,7 @@ class MembershipMap:
         Past ``max_users`` the least recently changed users are dropped: the journal's table is
         bounded the same way (``MembershipStore.evict``), this keeps the map within it meanwhile."""
         with self._lock:
-            changed: set[str] = set()
+            changed: dict[str, None] = {}  # in the order of the rows: the last is the newest
             for row in rows:
                 organizations = self._rows.get(row.user_id)
                 if row.active:
@@ -118,7 +118,7 @@ class MembershipMap:
                     organizations[row.organization_id] = (row.source, row.seen_at)
                 elif organizations is not None:
                     organizations.pop(row.organization_id, None)
-                changed.add(row.user_id)
+                changed[row.user_id] = None
             for user_id in changed:
                 self._known.pop(user_id, None)  # re-inserted last: the most recently changed
                 organizations = self._rows.get(user_id)

@@ -13,8 +13,10 @@ last version it saw, every ``FORWARDER_MEMBERSHIPS_REFRESH`` (1 s): a membership
 replica attributes events on all of them within about a second.
 
 Events arrive out of order: a row changes only for news at least as recent as what it holds
-(``changed_at``, the event's creation time). Size is bounded: past ``FORWARDER_MEMBERSHIPS_MAX``
-rows, the least recently seen are deleted (checked every minute, counted).
+(``changed_at``, the event's creation time). Every sign-in creates a session, so a row the map
+holds active, seen within the hour, is not written again for an event saying the same. Size is
+bounded: past ``FORWARDER_MEMBERSHIPS_MAX`` rows, the least recently seen are deleted (checked
+every minute, every 5 s while the map is full; counted).
 """
 
 from __future__ import annotations

@@ -111,3 +111,12 @@ async def test_the_table_is_bounded_least_recently_seen_first(path: Path) -> Non
     assert [reopened.memberships.get(user) is not None for user in users] == [False, False, True, True]
     await store.journal.close()
     await reopened.journal.close()
+
+
+def test_the_map_keeps_the_most_recently_changed_users() -> None:
+    memberships = MembershipMap(3)
+    users = [f"user_{n}" for n in range(6)]
+    memberships.apply(Row(user, ORG_A, "membership", True) for user in users)
+    assert [memberships.get(user) is not None for user in users] == [False] * 3 + [True] * 3
+    memberships.apply([Row(users[3], ORG_B, "session", True), Row(users[0], ORG_A, "membership", True)])
+    assert [memberships.get(user) is not None for user in users] == [True, False, False, True, False, True]
