@@ -26,6 +26,7 @@ from forwarder import failpoints, metrics
 from forwarder.catalog import KNOWN_EVENT_TYPES
 from forwarder.config import ConfigError, duration, max_retry_after
 from forwarder.journal import Journal, JournalUnavailable
+from forwarder.logs import RateLimitedLog
 from forwarder.masking import mask_url
 from forwarder.normalize import NormalizeOptions
 from forwarder.sources.events_api_client import (
@@ -201,6 +202,21 @@ class EventsApiPoller:
         }
 
 
+def api_client(
+    env: Mapping[str, str], settings: ApiSettings, log: logging.Logger, message: str
+) -> EventsApiClient:
+    """A WorkOS API client whose retry waits are logged as ``message``, one line per reason per
+    minute: a long 5xx spell must not flood the logs (the poller and the membership lookups)."""
+    waits = RateLimitedLog(log, interval_s=60.0)
+
+    def on_wait(reason: str, seconds: float) -> None:
+        waits.warning(reason, message, reason=reason, in_s=seconds)
+
+    return EventsApiClient(
+        settings.url, settings.api_key, on_wait=on_wait, max_retry_after_s=max_retry_after(env)
+    )
+
+
 def create(env: Mapping[str, str], journal: Journal, options: NormalizeOptions) -> EventsApiPoller | None:
     """The poller when ``WORKOS_API_KEY`` is set and ``WORKOS_POLL_INTERVAL`` is not 0."""
     settings = ApiSettings.from_env(env)
@@ -208,18 +224,7 @@ def create(env: Mapping[str, str], journal: Journal, options: NormalizeOptions) 
     lookback = duration(env, "WORKOS_POLL_LOOKBACK", "1h")
     if settings is None or interval == 0:
         return None
-    last_logged: dict[str, float] = {}
-
-    def on_wait(reason: str, seconds: float) -> None:
-        # One line per reason per minute: a long 5xx spell must not flood the logs.
-        now = time.monotonic()
-        if now - last_logged.get(reason, -60.0) >= 60.0:
-            last_logged[reason] = now
-            logger.warning("Events API request will be retried", extra={"reason": reason, "in_s": seconds})
-
-    client = EventsApiClient(
-        settings.url, settings.api_key, on_wait=on_wait, max_retry_after_s=max_retry_after(env)
-    )
+    client = api_client(env, settings, logger, "Events API request will be retried")
     sync = EventsSync(
         client,
         journal,

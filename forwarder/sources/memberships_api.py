@@ -25,10 +25,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from forwarder import metrics
-from forwarder.config import ConfigError, duration, max_retry_after
+from forwarder.config import ConfigError, duration
 from forwarder.memberships import MembershipMap
 from forwarder.memberships_store import MembershipStore
-from forwarder.sources.events_api import ApiSettings
+from forwarder.sources.events_api import ApiSettings, api_client
 from forwarder.sources.events_api_client import ApiRejected, ApiUnavailable, EventsApiClient
 
 logger = logging.getLogger("forwarder.memberships")
@@ -176,15 +176,5 @@ def create(env: Mapping[str, str], store: MembershipStore) -> MembershipLookups 
     ttl = duration(env, "WORKOS_MEMBERSHIP_LOOKUP_TTL", "1h")
     if settings is None or rate == 0:
         return None
-    last_logged: dict[str, float] = {}
-
-    def on_wait(reason: str, seconds: float) -> None:
-        now = time.monotonic()
-        if now - last_logged.get(reason, -60.0) >= 60.0:
-            last_logged[reason] = now
-            logger.warning("membership lookup will be retried", extra={"reason": reason, "in_s": seconds})
-
-    client = EventsApiClient(
-        settings.url, settings.api_key, on_wait=on_wait, max_retry_after_s=max_retry_after(env)
-    )
+    client = api_client(env, settings, logger, "membership lookup will be retried")
     return MembershipLookups(client, store, rate_per_s=rate, ttl_s=ttl)
