@@ -7,7 +7,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 
+from forwarder.datadog.cli import datadog
+from tests.doubles.datadog_api import API_KEY, APP_KEY, DatadogApi
 from tests.service import Service, kill_quietly
 
 PLUGINS = Path(__file__).parent / "plugins"
@@ -38,3 +41,22 @@ def with_flaky_sink(tmp_path: Path, mode: str = "ok") -> dict[str, str]:
         "FLAKY_SINK_CONTROL": str(control),
         "FLAKY_SINK_OUT": str(tmp_path / "flaky.out"),
     }
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[DatadogApi]:
+    """The Datadog API double, with the variables `datadog apply` reads pointing at it."""
+    with DatadogApi() as server:
+        monkeypatch.setenv("DD_API_KEY", API_KEY)
+        monkeypatch.setenv("DD_APP_KEY", APP_KEY)
+        monkeypatch.setenv("DD_API_URL", server.base_url)
+        monkeypatch.delenv("DD_SITE", raising=False)
+        yield server
+
+
+def apply(root: Path = REPO, *args: str) -> Result:
+    """`workos-forwarder datadog apply --root root` in process."""
+    return CliRunner().invoke(datadog, ["apply", "--root", str(root), *args])

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 import sinks.prometheus  # noqa: F401  (registers workos_events_total on the shared registry)
 from forwarder import catalog
@@ -41,7 +41,8 @@ from forwarder.datadog.queries import (
 from forwarder.datadog.validate import validate
 from forwarder.metrics import REGISTRY
 from forwarder.normalize import NormalizeOptions, normalize
-from tests.doubles.datadog_api import API_KEY, APP_KEY, DatadogApi
+from tests.conftest import apply
+from tests.doubles.datadog_api import DatadogApi
 from tests.samples import CONNECTION_ID, DIRECTORY_ID, ORG_ID, SAMPLES, make_event
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -604,20 +605,6 @@ def test_validate_reports_invalid_json_with_its_position(tmp_path: Path) -> None
 
 
 # --- apply, through the real datadog-api-client, against the API double ----------------------
-
-
-@pytest.fixture
-def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[DatadogApi]:
-    with DatadogApi() as server:
-        monkeypatch.setenv("DD_API_KEY", API_KEY)
-        monkeypatch.setenv("DD_APP_KEY", APP_KEY)
-        monkeypatch.setenv("DD_API_URL", server.base_url)
-        monkeypatch.delenv("DD_SITE", raising=False)
-        yield server
-
-
-def apply(root: Path = ROOT, *args: str) -> Result:
-    return CliRunner().invoke(datadog, ["apply", "--root", str(root), *args])
 
 
 def test_first_apply_creates_everything_and_the_second_changes_nothing(api: DatadogApi) -> None:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 from sigma.collection import SigmaCollection
 
 from forwarder.datadog.assets import MANAGED_TAG, load_assets
@@ -25,7 +24,8 @@ from forwarder.datadog.detections import generate, render
 from forwarder.datadog.queries import parse_monitor_query
 from forwarder.datadog.sigma import DatadogLogSearch, SigmaLoadError, load_rules, log_search
 from forwarder.datadog.validate import validate
-from tests.doubles.datadog_api import API_KEY, APP_KEY, DatadogApi
+from tests.conftest import apply
+from tests.doubles.datadog_api import DatadogApi
 
 ROOT = Path(__file__).resolve().parent.parent
 SIGMA = ROOT / "monitors" / "sigma"
@@ -330,20 +330,6 @@ def test_validate_names_the_field_of_each_mistake_in_a_security_rule(
 
 
 # --- apply, against the API double --------------------------------------------------------------
-
-
-@pytest.fixture
-def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[DatadogApi]:
-    with DatadogApi() as server:
-        monkeypatch.setenv("DD_API_KEY", API_KEY)
-        monkeypatch.setenv("DD_APP_KEY", APP_KEY)
-        monkeypatch.setenv("DD_API_URL", server.base_url)
-        monkeypatch.delenv("DD_SITE", raising=False)
-        yield server
-
-
-def apply(root: Path = ROOT, *args: str) -> Result:
-    return CliRunner().invoke(datadog, ["apply", "--root", str(root), *args])
 
 
 RULE_ASSETS = [asset for asset in load_assets(ROOT)[0] if asset.kind == "security_rule"]
