@@ -21,7 +21,7 @@ import os
 import random
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import orjson
 import uvloop
 
 from bench.events import events, write_requests
-from bench.harness.load import wrk
+from bench.harness.load import loadgen, wrk
 from bench.harness.processes import ProcessStats, Server, free_port
 from bench.harness.service import SECRET, SERVE_ARGV, WEBHOOK_PATH, accepted, service_env
 from forwarder import metrics
@@ -60,9 +60,10 @@ def event_ids(kind: str, rng: random.Random, start_ms: int) -> Iterator[str]:
 
 
 class Records:
-    """Real normalized records (the bench's type mix), each given a fresh id of ``kind``."""
+    """Real normalized records (the bench's type mix), each given a fresh id of ``kind`` and a
+    ``created_at`` from ``clock`` (the dedup key's high bits: ``forwarder.dedup_key``)."""
 
-    def __init__(self, kind: str, seed: int | None, start_ms: int) -> None:
+    def __init__(self, kind: str, seed: int | None, start_ms: int, clock: Callable[[], float]) -> None:
         options = NormalizeOptions()
         self._templates = [
             journal_record(orjson.loads(orjson.dumps(event)), options, delivery="webhook")
@@ -71,12 +72,13 @@ class Records:
         # No seed: ids unlike any a journal already holds from an earlier run.
         self._ids = event_ids(kind, random.Random(seed if seed is not None else os.urandom(16)), start_ms)
         self._cycle = itertools.cycle(self._templates)
+        self._clock = clock
 
     def next(self) -> NewRecord:
         template = next(self._cycle)
         event_id = next(self._ids)
         body = template.json.replace(template.event_id.encode(), event_id.encode())
-        return NewRecord(event_id, template.event_type, template.created_at, body)
+        return NewRecord(event_id, template.event_type, self._clock(), body)
 
 
 def build(url: str, count: int, kind: str) -> None:
@@ -90,7 +92,10 @@ def build(url: str, count: int, kind: str) -> None:
         conn.execute("PRAGMA cache_size=-1000000")
     else:
         conn.execute("SET synchronous_commit = off")
-    records = Records(kind, seed=3, start_ms=int(time.time() * 1000) - 7 * 86_400_000)
+    week_ago = time.time() - 7 * 86_400
+    built = itertools.count()
+    # Created over the week before now, 5 a second, as the records of a week's retention were.
+    records = Records(kind, seed=3, start_ms=int(week_ago * 1000), clock=lambda: week_ago + next(built) / 5)
     started = time.monotonic()
     for done in range(0, count, _BUILD_BATCH):
         tx = Transaction(conn, engine.sql)
@@ -132,7 +137,7 @@ async def measure(engine: Engine, kind: str, seconds: float, concurrency: int) -
     """Appends/s of ``concurrency`` callers appending one record each at a time."""
     journal = Journal(engine)
     await journal.register_sinks(SINKS)
-    records = Records(kind, seed=None, start_ms=int(time.time() * 1000))
+    records = Records(kind, seed=None, start_ms=int(time.time() * 1000), clock=time.time)
     latencies: list[float] = []
     stop = time.monotonic() + seconds
     commits = _commits()
@@ -287,6 +292,51 @@ def serve_compare(full_url: str, args: argparse.Namespace) -> None:
     )
 
 
+def _evict(path: Path) -> None:
+    """Drop ``path``'s pages from the OS cache, as after a reboot or on a node that had other work."""
+    for name in (path, Path(f"{path}-wal")):
+        if name.exists():
+            fd = os.open(name, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def cold_start(full_url: str, args: argparse.Namespace) -> None:
+    """The service started on a built journal out of the OS cache, at ``--rate`` webhooks/s:
+    the p99 of the first ``--seconds``, then of as many more (the steady state)."""
+    path = Path(full_url.removeprefix("sqlite:///"))
+    workdir = Path(args.workdir)
+    requests = workdir / "cold-requests.bin"
+    write_requests(
+        requests, int(args.rate * args.seconds * 2.2), SECRET, host="127.0.0.1", webhook_path=WEBHOOK_PATH,
+        seed=int.from_bytes(os.urandom(3), "big"),
+    )  # fmt: skip
+    os.sync()  # written pages cannot be dropped from the cache
+    _evict(path)
+    port = free_port()
+    env = {
+        **service_env(workdir / "cold", port),
+        "FORWARDER_JOURNAL_URL": full_url,
+        "FORWARDER_SQLITE_SYNCHRONOUS": args.synchronous,
+    }
+    server = Server("serve-cold", SERVE_ARGV, env, workdir / "cold", port).start("/healthz")
+    try:
+        phases = [
+            loadgen(port, requests, rate=args.rate, duration_s=args.seconds, connections=args.concurrency)
+            for _ in range(2)
+        ]
+    finally:
+        server.stop()
+        requests.unlink()
+    first, steady = (phase["p99_us"] / 1000 for phase in phases)
+    print(
+        f"cold start at {args.rate:g}/s: p99 {first:.1f} ms in the first {args.seconds:g} s,"
+        f" {steady:.1f} ms in the next {args.seconds:g} s ({first / steady:.1f}x)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.journal_growth", description=__doc__.split("\n\n")[0]
@@ -312,7 +362,18 @@ def main() -> None:
         action="store_true",
         help="measure the service under wrk (SQLite only), not the journal in-process",
     )
+    cold = sub.add_parser("coldstart", help="the p99 of a start on a journal out of the OS cache")
+    cold.add_argument("full", help="the built journal's URL (sqlite:///...)")
+    cold.add_argument("--rate", type=float, default=300.0, help="webhooks/s [300]")
+    cold.add_argument("--seconds", type=float, default=20.0, help="seconds of each phase [20]")
+    cold.add_argument("--concurrency", type=int, default=32, help="connections [32]")
+    cold.add_argument("--synchronous", default="full")
+    cold.add_argument("--workdir", default="/tmp/journal-growth")
     args = parser.parse_args()
+    if args.command == "coldstart":
+        os.makedirs(args.workdir, exist_ok=True)
+        cold_start(args.full, args)
+        return
     if args.command == "build":
         build(args.url, args.count, args.ids)
         return

@@ -12,27 +12,39 @@ import fcntl
 import logging
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from forwarder.dedup_key import POSTGRES_DEDUP_KEY, dedup_key
 from forwarder.masking import mask_url
 
 logger = logging.getLogger("forwarder.engines")
 
-SCHEMA_VERSION = 2
-"""1: ``events.seq`` a plain SQLite rowid (numbers reused once the table is empty); 2: never reused."""
+SCHEMA_VERSION = 3
+"""1: ``events.seq`` a plain SQLite rowid (numbers reused once the table is empty); 2: never
+reused; 3: deduplicated by ``event_key`` (``forwarder.dedup_key``), not a unique text id."""
 
-_TABLES = """
+_EVENTS = """
 CREATE TABLE IF NOT EXISTS events (
     seq {sequence},
-    event_id TEXT NOT NULL UNIQUE,
+    event_key BIGINT NOT NULL,
+    event_id TEXT NOT NULL,
     event_type TEXT NOT NULL,
     created_at {real},
     received_at {real} NOT NULL,
     record {blob} NOT NULL
-);
+)"""
+_EVENTS_COLUMNS = "seq, event_key, event_id, event_type, created_at, received_at, record"
+_MIGRATION_BATCH = 100_000
+"""Records a migration step copies or keys in one transaction: about a second's work."""
+
+_TABLES = (
+    _EVENTS
+    + """;
 DROP INDEX IF EXISTS events_received_at;
+CREATE INDEX IF NOT EXISTS events_key ON events (event_key);
 CREATE TABLE IF NOT EXISTS cursors (
     sink TEXT PRIMARY KEY,
     seq BIGINT NOT NULL,
@@ -67,6 +79,7 @@ CREATE TABLE IF NOT EXISTS memberships (
 );
 CREATE INDEX IF NOT EXISTS memberships_version ON memberships (version);
 """
+)
 
 
 _SQLITE_TYPES = {
@@ -284,10 +297,9 @@ class SQLiteEngine:
             logger.debug("WAL checkpoint waits for readers", extra={"journal": self.location})
 
     def create_schema(self, conn: sqlite3.Connection) -> None:
+        self._migrate_events(conn)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                self._migrate_events(conn)
             for statement in _TABLES.format(**_SQLITE_TYPES).split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -297,24 +309,59 @@ class SQLiteEngine:
             raise
         conn.execute("COMMIT")
 
-    @staticmethod
-    def _migrate_events(conn: sqlite3.Connection) -> None:
-        """Version 1 numbered ``events`` with a plain rowid: SQLite hands out MAX(seq) + 1, so
-        once retention emptied the table, new records were numbered below every sink's cursor
-        and never delivered. AUTOINCREMENT keeps the highest number ever used in
-        ``sqlite_sequence``; adding it means copying the table (SQLite cannot alter a key)."""
-        (ddl,) = conn.execute(
-            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'events'"
-        ).fetchone() or (None,)
-        if ddl is None or "AUTOINCREMENT" in ddl.upper():
+    def _migrate_events(self, conn: sqlite3.Connection) -> None:
+        """Copy an older ``events`` table into the current one; SQLite cannot alter a key or
+        drop a constraint in place.
+
+        Version 1 numbered records with a plain rowid: SQLite hands out MAX(seq) + 1, so once
+        retention emptied the table, new records were numbered below every sink's cursor and
+        never delivered (AUTOINCREMENT keeps the highest number ever used). Versions 1 and 2
+        deduplicated on a unique text ``event_id``, whose index grew dear (``forwarder.dedup_key``).
+
+        The copy goes into ``events_new`` in committed batches, each resuming after the last
+        record copied, so a process stopped halfway (a startup probe giving up on a week of
+        journal) goes on where it stopped. The swap is one short transaction that copies what
+        arrived since, keeps the sequence's high water and renames the table.
+        """
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+        if not columns or "event_key" in columns:
             return
-        conn.execute("ALTER TABLE events RENAME TO events_v1")
-        conn.execute(_TABLES.split(";")[0].format(**_SQLITE_TYPES))  # the events table
-        conn.execute(
-            "INSERT INTO events (seq, event_id, event_type, created_at, received_at, record)"
-            " SELECT seq, event_id, event_type, created_at, received_at, record FROM events_v1"
+        (count,) = conn.execute("SELECT COUNT(*) FROM events").fetchone()
+        about = {"journal": self.location, "records": count, "schema_version": SCHEMA_VERSION}
+        logger.warning("migrating the journal's events to the new schema; writes wait", extra=about)
+        started = time.monotonic()
+        conn.create_function("dedup_key", 2, dedup_key, deterministic=True)
+        conn.execute(_EVENTS.format(**_SQLITE_TYPES).replace("events", "events_new", 1))
+        conn.execute("CREATE INDEX IF NOT EXISTS events_key ON events_new (event_key)")
+        copy = (
+            f"INSERT INTO events_new ({_EVENTS_COLUMNS}) SELECT seq, dedup_key(event_id, created_at),"
+            " event_id, event_type, created_at, received_at, record FROM events"
+            " WHERE seq > (SELECT COALESCE(MAX(seq), 0) FROM events_new) ORDER BY seq LIMIT ?"
         )
-        conn.execute("DROP TABLE events_v1")
+        try:
+            while True:
+                conn.execute("BEGIN IMMEDIATE")
+                copied = conn.execute(copy, (_MIGRATION_BATCH,)).rowcount
+                conn.execute("COMMIT")
+                if copied < _MIGRATION_BATCH:
+                    break
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(copy, (-1,))  # whatever another process added meanwhile
+            numbered = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone()
+            high_water = self.sequence_high_water(conn) if numbered else 0  # version 1: no AUTOINCREMENT
+            conn.execute("DROP TABLE events")
+            conn.execute("ALTER TABLE events_new RENAME TO events")
+            self.raise_sequence(conn, high_water)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            # What was copied stays: the next start goes on from there.
+            raise sqlite3.OperationalError(
+                f"migrating the events table to schema version {SCHEMA_VERSION} copies it, and the copy"
+                f" needs as much free disk (and FORWARDER_JOURNAL_MAX_BYTES room) as the table: {exc}"
+            ) from exc
+        logger.warning("journal migrated", extra={**about, "seconds": round(time.monotonic() - started, 1)})
 
     def sequence_high_water(self, conn: sqlite3.Connection) -> int:
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
@@ -394,6 +441,7 @@ class PostgresEngine:
         return self._psycopg.connect(self.url, autocommit=True, connect_timeout=10)
 
     def create_schema(self, conn: Any) -> None:
+        self._migrate_events(conn)
         conn.execute("BEGIN")
         self.serialize_writers(conn)
         serial = "BIGINT GENERATED BY DEFAULT AS IDENTITY"
@@ -403,6 +451,40 @@ class PostgresEngine:
             if statement.strip():
                 conn.execute(statement)
         conn.execute("COMMIT")
+
+    def _migrate_events(self, conn: Any) -> None:
+        """Key a journal of the previous release (``forwarder.dedup_key``) and drop its unique
+        text index.
+
+        Rows get their key in committed batches of ``_MIGRATION_BATCH`` sequence numbers, so a
+        process stopped halfway goes on where it stopped; replicas of the previous release
+        keep working meanwhile. The last step, under the writers' lock, keys what they added
+        and drops the unique index: from then on their inserts fail and they answer 503, so
+        WorkOS retries. Replace every replica at once.
+        """
+        nullable = dict(
+            conn.execute(
+                "SELECT column_name, is_nullable FROM information_schema.columns"
+                " WHERE table_schema = current_schema() AND table_name = 'events'"
+            ).fetchall()
+        )
+        if not nullable or nullable.get("event_key") == "NO":  # no journal yet, or migrated
+            return
+        (low, high, count) = conn.execute("SELECT MIN(seq), MAX(seq), COUNT(*) FROM events").fetchone()
+        about = {"journal": self.location, "records": count, "schema_version": SCHEMA_VERSION}
+        logger.warning("migrating the journal's events to the new schema; writes wait", extra=about)
+        started = time.monotonic()
+        conn.execute("ALTER TABLE events ADD COLUMN IF NOT EXISTS event_key BIGINT")
+        key_rows = f"UPDATE events SET event_key = {POSTGRES_DEDUP_KEY} WHERE event_key IS NULL"
+        for first in range(low or 0, (high or 0) + 1, _MIGRATION_BATCH):
+            conn.execute(f"{key_rows} AND seq >= %s AND seq < %s", (first, first + _MIGRATION_BATCH))
+        conn.execute("BEGIN")
+        self.serialize_writers(conn)
+        conn.execute(key_rows)
+        conn.execute("ALTER TABLE events ALTER COLUMN event_key SET NOT NULL")
+        conn.execute("ALTER TABLE events DROP CONSTRAINT IF EXISTS events_event_id_key")
+        conn.execute("COMMIT")
+        logger.warning("journal migrated", extra={**about, "seconds": round(time.monotonic() - started, 1)})
 
     def _sequence(self, conn: Any) -> str:
         # An identity column's sequence only moves forward, whatever is deleted, unless

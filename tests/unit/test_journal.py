@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from forwarder.dedup_key import dedup_key
 from forwarder.engines import Engine, SQLiteEngine, engine_for
 from forwarder.journal import BacklogFull, Journal, JournalUnavailable
 from forwarder.records import Entry, NewRecord
@@ -106,6 +108,36 @@ async def test_concurrent_single_appends_share_a_write_and_each_gets_its_own_out
 
     assert outcomes == [True, False, True]  # the same id twice in one write: stored once
     assert [entry.event_id for entry in entries(journal)] == ["event_0000", "event_0001"]
+
+
+def colliding_ids() -> tuple[str, str]:
+    """Two ids with one dedup key when created in the same second (a birthday search over
+    31 bits: about 65,000 hashes)."""
+    seen: dict[int, str] = {}
+    for i in itertools.count():
+        event_id = f"event_{i:026d}"
+        key = dedup_key(event_id, 0)
+        if key in seen:
+            return seen[key], event_id
+        seen[key] = event_id
+    raise AssertionError("unreachable")
+
+
+async def test_ids_sharing_a_dedup_key_are_both_stored_and_each_deduplicated(
+    open_journal: OpenJournal,
+) -> None:
+    """The key is not unique: a match counts as a duplicate only when the stored id is the same."""
+    journal = open_journal()
+    first, second = colliding_ids()
+    created = 1_765_000_000.25
+    assert dedup_key(first, created) == dedup_key(second, created)
+
+    assert await journal.append([NewRecord(first, "user.created", created, b"{}")]) == [True]
+    assert await journal.append(
+        [NewRecord(second, "user.created", created, b"{}"), NewRecord(first, "user.created", created, b"{}")]
+    ) == [True, False]
+    assert await journal.append([NewRecord(second, "user.created", created, b"{}")]) == [False]
+    assert [entry.event_id for entry in entries(journal)] == [first, second]
 
 
 async def test_source_state_is_written_with_the_records(open_journal: OpenJournal) -> None:
