@@ -24,6 +24,7 @@ from forwarder.journal import Journal
 from forwarder.normalize import NormalizeOptions, normalize
 from sinks import datadog
 from sinks.base import PermanentError, RetryableError
+from sinks.datadog.records import maybe_too_deep
 from tests.doubles import eventually
 from tests.doubles.datadog_intake import DatadogIntake
 from tests.samples import journaled, make_event, stored
@@ -362,6 +363,32 @@ async def test_a_record_over_1_mb_is_shortened_on_purpose(
     assert arrived["workos"]["truncated"] is True
     assert arrived["workos"]["id"] == big["workos"]["id"]
     assert arrived["message"].startswith(big["message"][:1000])
+
+
+LIMIT = datadog.MAX_NESTING
+
+
+@pytest.mark.parametrize(
+    ("objects", "arrays", "maybe"),
+    [
+        (LIMIT, 0, False),
+        (LIMIT + 1, 0, True),
+        (0, LIMIT + 1, True),
+        (LIMIT - 9, 9, False),
+        (LIMIT - 9, 10, True),
+    ],
+)
+def test_the_depth_pre_check_counts_objects_and_arrays_alike(objects: int, arrays: int, maybe: bool) -> None:
+    # Only a record holding more than MAX_NESTING openings is decoded to measure its depth: a
+    # count that missed one kind, or one far from the others, would post a too-deep record uncut.
+    padding = '"' + "x" * 300 + '"'
+    value = "1"
+    for _ in range(arrays):
+        value = f"[{padding},{value}]"
+    for _ in range(objects):
+        value = f'{{"padding":{padding},"k":{value}}}'
+
+    assert maybe_too_deep(value.encode()) is maybe
 
 
 async def test_compression_level_zero_posts_plain_json(intake: DatadogIntake) -> None:
