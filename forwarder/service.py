@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -39,6 +40,9 @@ from sinks.base import Sink, load_sinks
 logger = logging.getLogger("forwarder.service")
 
 _HOUSEKEEPING_INTERVAL_S = 1.0
+_GAUGES_MAX_AGE_S = 1.0
+"""How old the journal's gauges may be when ``/metrics`` renders them (they were read every
+second until they were read for scrapes)."""
 
 
 def open_journal(settings: Settings) -> Journal:
@@ -106,6 +110,8 @@ class Forwarder:
         self._other_tasks: list[asyncio.Task[None]] = []
         self._source_tasks: list[asyncio.Task[None]] = []
         self._reopening: set[asyncio.Task[None]] = set()
+        self._gauges_lock = asyncio.Lock()
+        self._gauges_read_at = -math.inf
 
     async def start(self) -> None:
         """Start every background task under supervision (``forwarder.supervisor``)."""
@@ -191,7 +197,7 @@ class Forwarder:
         logger.info("forwarder stopped")
 
     async def _housekeeping(self) -> None:
-        """Every second: the writer is alive, the journal writable, no cursor above the sequence; gauges."""
+        """Every second: the writer is alive, the journal writable, no cursor above the sequence."""
         while True:
             self.journal.ensure_writer()
             try:
@@ -202,10 +208,28 @@ class Forwarder:
             metrics.JOURNAL_WRITABLE.set(0 if self.journal.last_error is not None else 1)
             try:
                 await self.journal.check_sequence()
-                await asyncio.to_thread(self._refresh_gauges)
             except JournalUnavailable as exc:
                 logger.warning("housekeeping could not read the journal", extra={"error": str(exc)})
             await asyncio.sleep(_HOUSEKEEPING_INTERVAL_S)
+
+    async def read_gauges(self) -> None:
+        """Set the gauges read from the journal (its size, each sink's lag and dead letters),
+        for a scrape of ``/metrics``: nothing else reads them, and reading them every second
+        whether or not anyone scraped was most of what the service did at rest. At most once
+        per ``_GAUGES_MAX_AGE_S``: scrapes closer together render the values of the last read,
+        and one that comes during a read waits for it. A failed read leaves the last values;
+        the rest of ``/metrics`` is served all the same.
+        """
+        async with self._gauges_lock:
+            if time.monotonic() - self._gauges_read_at < _GAUGES_MAX_AGE_S:
+                return
+            try:
+                await asyncio.to_thread(self._refresh_gauges)
+            except JournalUnavailable as exc:
+                logger.warning("could not read the journal's gauges for /metrics", extra={"error": str(exc)})
+            except Exception:
+                logger.exception("reading the journal's gauges failed")
+            self._gauges_read_at = time.monotonic()
 
     async def _retention(self) -> None:
         """Every minute: delete what every sink has delivered and is older than the retention."""
@@ -319,6 +343,7 @@ def build_app(settings: Settings, env: Mapping[str, str]) -> WebhookFirst:
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def prometheus_metrics(request: Request) -> Response:
+        await forwarder.read_gauges()
         body, content_type = exposition.render(request.headers.get("accept", ""))
         return Response(body, headers={"content-type": content_type})
 
@@ -335,6 +360,7 @@ def build_app(settings: Settings, env: Mapping[str, str]) -> WebhookFirst:
 
     async def metrics_plain(scope: Scope, receive: Receive, send: Send) -> None:
         accept = next((value for name, value in scope["headers"] if name == b"accept"), b"")
+        await forwarder.read_gauges()
         body, content_type = exposition.render(accept.decode("latin-1"))
         headers = [(b"content-type", content_type.encode()), (b"content-length", b"%d" % len(body))]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
