@@ -31,6 +31,7 @@ from forwarder.engines import SQLiteEngine, engine_for
 from forwarder.journal import Journal, JournalUnavailable
 from forwarder.masking import scrub
 from forwarder.memberships_store import open_memberships
+from forwarder.periodic_reads import PERIODIC_READS
 from forwarder.signature import Verifier
 from forwarder.sources import load_sources, memberships_api
 from forwarder.sources.webhook import Receive, Scope, Send, WebhookEndpoint
@@ -224,7 +225,7 @@ class Forwarder:
             if time.monotonic() - self._gauges_read_at < _GAUGES_MAX_AGE_S:
                 return
             try:
-                await asyncio.to_thread(self._refresh_gauges)
+                await PERIODIC_READS.run(self._refresh_gauges)
             except JournalUnavailable as exc:
                 logger.warning("could not read the journal's gauges for /metrics", extra={"error": str(exc)})
             except Exception:
