@@ -184,7 +184,11 @@ class GroupCommitWriter:
         write cost about 2,600 instructions per webhook.
         """
         in_flight = self._in_flight
-        while not self._closed.wait(_DEADLINE_CHECK_S):
+        while not self._closed.is_set():
+            # Not self._closed.wait(): Event.wait runs threading's Condition in Python, about
+            # 15,000 instructions a wake-up against 3,300 for a sleep, four times a second at
+            # rest too. The thread notices ``close`` up to a check later; it is a daemon.
+            time.sleep(_DEADLINE_CHECK_S)
             now = time.monotonic()
             while in_flight:
                 op = in_flight[0]
