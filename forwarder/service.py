@@ -44,6 +44,8 @@ _HOUSEKEEPING_INTERVAL_S = 1.0
 _GAUGES_MAX_AGE_S = 1.0
 """How old the journal's gauges may be when ``/metrics`` renders them (they were read every
 second until they were read for scrapes)."""
+_GAUGES_WAIT_S = 1.0
+"""How long a scrape waits for the journal's gauges before it renders the last values."""
 
 
 def open_journal(settings: Settings) -> Journal:
@@ -111,7 +113,7 @@ class Forwarder:
         self._other_tasks: list[asyncio.Task[None]] = []
         self._source_tasks: list[asyncio.Task[None]] = []
         self._reopening: set[asyncio.Task[None]] = set()
-        self._gauges_lock = asyncio.Lock()
+        self._gauges_reading: asyncio.Future[None] | None = None
         self._gauges_read_at = -math.inf
 
     async def start(self) -> None:
@@ -216,21 +218,29 @@ class Forwarder:
     async def read_gauges(self) -> None:
         """Set the gauges read from the journal (its size, each sink's lag and dead letters),
         for a scrape of ``/metrics``: nothing else reads them, and reading them every second
-        whether or not anyone scraped was most of what the service did at rest. At most once
-        per ``_GAUGES_MAX_AGE_S``: scrapes closer together render the values of the last read,
-        and one that comes during a read waits for it. A failed read leaves the last values;
-        the rest of ``/metrics`` is served all the same.
+        whether or not anyone scraped was most of what the service did at rest.
+
+        At most one read per ``_GAUGES_MAX_AGE_S``, shared by the scrapes that come during it;
+        scrapes closer together render the values of the last read. A scrape waits for a read
+        ``_GAUGES_WAIT_S`` at most: a journal that does not answer must not hold up
+        ``/metrics``, which is where that shows. A failed read leaves the last values.
         """
-        async with self._gauges_lock:
+        reading = self._gauges_reading
+        if reading is None or reading.done():
             if time.monotonic() - self._gauges_read_at < _GAUGES_MAX_AGE_S:
                 return
-            try:
-                await PERIODIC_READS.run(self._refresh_gauges)
-            except JournalUnavailable as exc:
-                logger.warning("could not read the journal's gauges for /metrics", extra={"error": str(exc)})
-            except Exception:
-                logger.exception("reading the journal's gauges failed")
             self._gauges_read_at = time.monotonic()
+            reading = self._gauges_reading = asyncio.ensure_future(self._read_gauges())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(reading), _GAUGES_WAIT_S)
+
+    async def _read_gauges(self) -> None:
+        try:
+            await PERIODIC_READS.run(self._refresh_gauges)
+        except JournalUnavailable as exc:
+            logger.warning("could not read the journal's gauges for /metrics", extra={"error": str(exc)})
+        except Exception:
+            logger.exception("reading the journal's gauges failed")
 
     async def _retention(self) -> None:
         """Every minute: delete what every sink has delivered and is older than the retention."""
