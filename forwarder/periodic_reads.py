@@ -3,7 +3,7 @@
 ``asyncio.to_thread`` goes through ``concurrent.futures``: a future with its ``Condition``, a
 work item, the pool's idle semaphore, and that future chained to an asyncio one, all of it
 Python code. Callgrind counted about 130,000 CPU instructions per call (2026-12-07, uvloop),
-for journal reads of 15,000-30,000. The service reads the journal every second whether or not
+for journal reads of 15,000-115,000. The service reads the journal every second whether or not
 anything happens (the sequence check, the membership map's refresh), so those hops were most
 of what it did at rest. Here a call is a queue put, the thread's wake-up and one
 ``call_soon_threadsafe`` back: about 37,000.
