@@ -19,16 +19,24 @@ what the service does every second at rest (measured before, between two dumps t
 the window's length: a busy machine stretches the window, and that work with it, by 20 s and
 more. Under load commits are shared, which one event per commit does not show; that is the
 latency side of group commit, which ``bench.run`` measures.
+
+``--group N`` sends the forwarder's webhooks N at a time instead, on N connections, with the
+service stopped (``SIGSTOP``) while a group is written: its event loop then reads all N in one
+turn, and they share one commit (the run fails unless every commit held exactly N). Set
+against the default row, it shows what the per-commit part costs.
 Takes about 6 minutes and needs valgrind (``apt-get install valgrind``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -36,7 +44,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.events import write_requests
+from bench.events import iter_requests, write_requests
 from bench.harness.load import loadgen
 from bench.harness.loopback import Intake
 from bench.harness.processes import ROOT, SERVICE_CORE, Server, free_port, log
@@ -72,14 +80,15 @@ def instructions(app: str, count: int, requests: Path, workdir: Path) -> int:
     return int(found[-1])
 
 
-def forwarder_per_request(count: int, requests: Path, workdir: Path) -> tuple[float, float]:
+def forwarder_per_request(count: int, requests: Path, workdir: Path, group: int = 1) -> tuple[float, float]:
     """(instructions per webhook, instructions per idle second) of the forwarder, one run.
 
     Callgrind dumps its counts on demand: once the service is up, after ``IDLE_S`` of rest,
-    and after ``count`` webhooks sent one at a time. The service works every second
-    whether or not webhooks come (housekeeping, gauges, the writer's deadline watch): the
-    rest measures that rate, and the load window's wall time times that rate is taken off,
-    so a busy machine that stretches the run does not inflate the count.
+    and after ``count`` webhooks sent one at a time (or ``group`` at a time, one commit
+    each). The service works every second whether or not webhooks come (uvicorn's tick,
+    housekeeping, the writer's deadline watch): the rest measures that rate, and the load
+    window's wall time (less the time the service was stopped) times that rate is taken
+    off, so a busy machine that stretches the run does not inflate the count.
     """
     port = free_port()
     out = workdir / "forwarder.callgrind"
@@ -89,35 +98,120 @@ def forwarder_per_request(count: int, requests: Path, workdir: Path) -> tuple[fl
         **service_env(workdir / "forwarder", port),
         "PROMETHEUS_SINK": "off",
         "FORWARDER_DETECTIONS": "off",
+        # Groups go on connections opened before the rest: kept open through it.
+        **({"FORWARDER_KEEPALIVE_TIMEOUT": "1h"} if group > 1 else {}),
     }
     argv = [*VALGRIND[:-1], f"--callgrind-out-file={out}", *SERVE_ARGV]
     server = Server("forwarder", argv, env, workdir / "forwarder", port, startup_timeout_s=300)
     server.start("/healthz")
+    connections: list[socket.socket] = []
     try:
+        if group > 1:
+            # Open and used once before the rest, so that the rest and the load both have
+            # them (the edge's sweep runs while connections exist, and is taken off with the
+            # rest), and every one is reading when the first group comes.
+            connections = [_ready_connection(port) for _ in range(group)]
+        commits_before = server.metric("workos_forwarder_journal_commit_seconds_count")
         _dump(server.pid, out, 1)
         rest = time.monotonic()
         time.sleep(IDLE_S)
         idle = _dump(server.pid, out, 2)
         loaded = time.monotonic()
         idle_rate = idle / (loaded - rest)
-        result = loadgen(
-            port,
-            requests,
-            rate=FORWARDER_RATE,
-            duration_s=count / FORWARDER_RATE,
-            connections=1,
-            grace_s=3600,
-        )
+        stopped_s = 0.0
+        if group == 1:
+            ok = loadgen(
+                port,
+                requests,
+                rate=FORWARDER_RATE,
+                duration_s=count / FORWARDER_RATE,
+                connections=1,
+                grace_s=3600,
+            )["ok"]
+        else:
+            ok, stopped_s = send_in_groups(server.pid, connections, requests, count)
         busy = _dump(server.pid, out, 3)
-        load_s = time.monotonic() - loaded
-        commits = server.metric("workos_forwarder_journal_commit_seconds_count")
+        load_s = time.monotonic() - loaded - stopped_s
+        commits = server.metric("workos_forwarder_journal_commit_seconds_count") - commits_before
     finally:
+        for connection in connections:
+            connection.close()
         server.stop()
-    if result["ok"] != count:
-        raise RuntimeError(f"forwarder: {result['ok']} of {count} requests answered 2xx")
-    if count / commits > 1.05:
+    if ok != count:
+        raise RuntimeError(f"forwarder: {ok} of {count} requests answered 2xx")
+    if group > 1 and commits != count // group:
+        raise RuntimeError(f"forwarder: {count} webhooks in {commits:g} commits, not {group} in each")
+    if count / commits > 1.05 * group:
         log(f"forwarder: {count / commits:.2f} events per commit, not one: the count depends on timing")
     return (busy - idle_rate * load_s) / count, idle_rate
+
+
+def _ready_connection(port: int) -> socket.socket:
+    """A connection the service has accepted and read from (one ``GET /healthz``)."""
+    connection = socket.create_connection(("127.0.0.1", port))
+    connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    if _answer_status(connection) != 200:
+        raise RuntimeError("the forwarder did not answer /healthz 200")
+    return connection
+
+
+def send_in_groups(
+    pid: int, connections: list[socket.socket], requests: Path, count: int
+) -> tuple[int, float]:
+    """Send ``count`` webhooks in groups, one per connection; answer (2xx, seconds stopped).
+
+    The service is stopped while a group is written, so all of it waits in the sockets when
+    the event loop reads next: one turn reads every request, and the requests reach the
+    journal in the same turn, which hands them to the writer as one operation.
+    """
+    webhooks = iter_requests(requests)
+    ok, stopped_s = 0, 0.0
+    for _ in range(count // len(connections)):
+        batch = [next(webhooks) for _ in connections]
+        stopped = time.monotonic()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            _wait_stopped(pid)
+            for connection, webhook in zip(connections, batch, strict=True):
+                connection.sendall(webhook)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        stopped_s += time.monotonic() - stopped
+        ok += sum(_answer_status(connection) // 100 == 2 for connection in connections)
+    return ok, stopped_s
+
+
+def _wait_stopped(pid: int) -> None:
+    """Until every thread of ``pid`` has stopped: ``kill`` returns before the signal acts, and a
+    request written meanwhile could be read alone."""
+    while True:
+        states = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+                states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+        if all(state in ("T", "t") for state in states):
+            return
+        time.sleep(0.0005)
+
+
+def _answer_status(connection: socket.socket) -> int:
+    """The status of the next answer on ``connection`` (read to its end: it declares its length)."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += _recv(connection)
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    length = next(int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:"))
+    while len(body) < length:
+        body += _recv(connection)
+    return int(lines[0].split()[1])
+
+
+def _recv(connection: socket.socket) -> bytes:
+    data = connection.recv(65536)
+    if not data:
+        raise RuntimeError("the forwarder closed a connection in the middle of a group")
+    return data
 
 
 def _dump(pid: int, out: Path, number: int) -> int:
@@ -167,9 +261,10 @@ def per_request(app: str, count: int, requests: Path, workdir: Path) -> float:
     return (many - few) / (2 * count)
 
 
-def forwarder_row(count: int, requests: Path, workdir: Path) -> float:
-    log(f"forwarder under callgrind: {IDLE_S:g} s at rest, then {count} requests one at a time")
-    per_webhook, idle_rate = forwarder_per_request(count, requests, workdir)
+def forwarder_row(count: int, requests: Path, workdir: Path, group: int = 1) -> float:
+    sent = "one at a time" if group == 1 else f"{group} at a time, one commit each"
+    log(f"forwarder under callgrind: {IDLE_S:g} s at rest, then {count} requests {sent}")
+    per_webhook, idle_rate = forwarder_per_request(count, requests, workdir, group)
     log(f"forwarder at rest: {idle_rate:,.0f} instructions per second (taken off the count)")
     return per_webhook
 
@@ -184,7 +279,16 @@ def main() -> None:
         choices=("floor", "forwarder", "delivery"),
         help="count one row only (comparing a change to one path) [all three]",
     )
+    parser.add_argument(
+        "--group",
+        type=int,
+        default=1,
+        metavar="N",
+        help="send the forwarder's webhooks N at a time, N to a commit (a divisor of --requests) [1]",
+    )
     args = parser.parse_args()
+    if args.group < 1 or args.requests % args.group:
+        parser.error("--group must be a positive divisor of --requests")
     if shutil.which("valgrind") is None:
         sys.exit("bench: valgrind is not installed (apt-get install valgrind)")
     workdir = Path(tempfile.mkdtemp(prefix="workos-instructions-"))
@@ -193,16 +297,20 @@ def main() -> None:
         write_requests(
             requests, 3 * args.requests, SECRET, host="127.0.0.1", webhook_path=WEBHOOK_PATH, seed=7
         )
+        rows = {**_ROWS, "forwarder": functools.partial(forwarder_row, group=args.group)}
         counts = {
             name: count(args.requests, requests, workdir)
-            for name, count in _ROWS.items()
+            for name, count in rows.items()
             if args.only in (None, name)
         }
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print("| app | instructions per request |\n|---|---:|")
     for name, value in counts.items():
-        print(f"| {_TITLES[name]} | {value:,.0f} |")
+        title = _TITLES[name]
+        if name == "forwarder" and args.group > 1:
+            title = title.replace("one event per commit", f"{args.group} events per commit")
+        print(f"| {title} | {value:,.0f} |")
     if len(counts) == len(_ROWS):
         ratio = counts["forwarder"] / counts["floor"]
         print(f"\nforwarder / floor: {ratio:.2f}x (the target is at most 2.5x)")

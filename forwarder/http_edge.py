@@ -477,16 +477,21 @@ class EdgeProtocol(HttpToolsProtocol):
         # The common webhook, head and body in one read, leaves here after one store: no clock.
         latest = self.cycle
         if latest is not cycle:  # a head ended in this read
-            if self.pipeline and len(self.pipeline) > MAX_PIPELINED:
-                self._too_many_pipelined()
-            elif not latest.more_body:
-                self.phase = _DONE
-                self._deadline = _NEVER
-            else:
-                self._begin_body(latest)
+            self._head_ended(latest)
         elif phase == _DONE:  # a head began in this read and has not ended
             self.phase = _HEAD
             self._deadline = self.loop.time() + self._limits.header_timeout_s
+
+    def _head_ended(self, latest: Any) -> None:
+        """The head of ``latest`` has been parsed: too deep a pipeline closes the connection; a
+        request whose body came with its head is the application's; else its body is counted."""
+        if self.pipeline and len(self.pipeline) > MAX_PIPELINED:
+            self._too_many_pipelined()
+        elif not latest.more_body:
+            self.phase = _DONE
+            self._deadline = _NEVER
+        else:
+            self._begin_body(latest)
 
     def _begin_body(self, cycle: Any) -> None:
         """A head ended and its body has not: refuse a declared length over the cap at once,
@@ -538,13 +543,8 @@ class EdgeProtocol(HttpToolsProtocol):
             if latest is cycle:
                 self.phase = _DONE
                 self._deadline = _NEVER
-            elif self.pipeline and len(self.pipeline) > MAX_PIPELINED:
-                self._too_many_pipelined()
-            elif not latest.more_body:
-                self.phase = _DONE
-                self._deadline = _NEVER
-            else:
-                self._begin_body(latest)
+            else:  # the body ended, and the next request's head with it
+                self._head_ended(latest)
 
     def _make_buffer_room(self, now: float) -> None:
         server = self._limits

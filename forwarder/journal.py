@@ -26,6 +26,7 @@ from forwarder.dedup_key import dedup_key
 from forwarder.engines import Engine, Lease, SQLiteEngine
 from forwarder.errors import BacklogFull, JournalUnavailable
 from forwarder.group_commit import WRITE_DEADLINE_S, GroupCommitWriter, Operation, Transaction
+from forwarder.periodic_reads import PERIODIC_READS
 from forwarder.read_connections import ReadConnections
 from forwarder.records import DeadLetter, Entry, NewRecord, Stats
 
@@ -158,7 +159,7 @@ class Journal:
         restarted the sequence): without the repair, every new record would be numbered below
         the cursors and silently skipped by every sink.
         """
-        behind = await asyncio.to_thread(self.sequence_behind)
+        behind = await PERIODIC_READS.run(self.sequence_behind)  # every second: the lean hop
         if behind is None:
             return False
         floor, high_water = await self._writer.submit(self._repair_sequence)

@@ -43,6 +43,7 @@ from forwarder.memberships import (
     Said,
     memberships_in,
 )
+from forwarder.periodic_reads import PERIODIC_READS
 from forwarder.records import NewRecord
 
 logger = logging.getLogger("forwarder.memberships")
@@ -213,7 +214,7 @@ class MembershipStore:
         failures: tuple[type[BaseException], ...] = (JournalUnavailable, *self.journal.engine.errors)
         while True:
             try:
-                await asyncio.to_thread(self.refresh)
+                await PERIODIC_READS.run(self.refresh)
                 metrics.MEMBERSHIP_USERS.set(len(self.memberships))
                 full = len(self.memberships) >= self.settings.max_rows
                 since = time.monotonic() - self._evicted_at

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -30,6 +31,7 @@ from forwarder.engines import SQLiteEngine, engine_for
 from forwarder.journal import Journal, JournalUnavailable
 from forwarder.masking import scrub
 from forwarder.memberships_store import open_memberships
+from forwarder.periodic_reads import PERIODIC_READS
 from forwarder.signature import Verifier
 from forwarder.sources import load_sources, memberships_api
 from forwarder.sources.webhook import Receive, Scope, Send, WebhookEndpoint
@@ -39,6 +41,11 @@ from sinks.base import Sink, load_sinks
 logger = logging.getLogger("forwarder.service")
 
 _HOUSEKEEPING_INTERVAL_S = 1.0
+_GAUGES_MAX_AGE_S = 1.0
+"""How old the journal's gauges may be when ``/metrics`` renders them (they were read every
+second until they were read for scrapes)."""
+_GAUGES_WAIT_S = 1.0
+"""How long a scrape waits for the journal's gauges before it renders the last values."""
 
 
 def open_journal(settings: Settings) -> Journal:
@@ -106,6 +113,8 @@ class Forwarder:
         self._other_tasks: list[asyncio.Task[None]] = []
         self._source_tasks: list[asyncio.Task[None]] = []
         self._reopening: set[asyncio.Task[None]] = set()
+        self._gauges_reading: asyncio.Future[None] | None = None
+        self._gauges_read_at = -math.inf
 
     async def start(self) -> None:
         """Start every background task under supervision (``forwarder.supervisor``)."""
@@ -191,7 +200,7 @@ class Forwarder:
         logger.info("forwarder stopped")
 
     async def _housekeeping(self) -> None:
-        """Every second: the writer is alive, the journal writable, no cursor above the sequence; gauges."""
+        """Every second: the writer is alive, the journal writable, no cursor above the sequence."""
         while True:
             self.journal.ensure_writer()
             try:
@@ -202,10 +211,36 @@ class Forwarder:
             metrics.JOURNAL_WRITABLE.set(0 if self.journal.last_error is not None else 1)
             try:
                 await self.journal.check_sequence()
-                await asyncio.to_thread(self._refresh_gauges)
             except JournalUnavailable as exc:
                 logger.warning("housekeeping could not read the journal", extra={"error": str(exc)})
             await asyncio.sleep(_HOUSEKEEPING_INTERVAL_S)
+
+    async def read_gauges(self) -> None:
+        """Set the gauges read from the journal (its size, each sink's lag and dead letters),
+        for a scrape of ``/metrics``: nothing else reads them, and reading them every second
+        whether or not anyone scraped was most of what the service did at rest.
+
+        At most one read per ``_GAUGES_MAX_AGE_S``, shared by the scrapes that come during it;
+        scrapes closer together render the values of the last read. A scrape waits for a read
+        ``_GAUGES_WAIT_S`` at most: a journal that does not answer must not hold up
+        ``/metrics``, which is where that shows. A failed read leaves the last values.
+        """
+        reading = self._gauges_reading
+        if reading is None or reading.done():
+            if time.monotonic() - self._gauges_read_at < _GAUGES_MAX_AGE_S:
+                return
+            self._gauges_read_at = time.monotonic()
+            reading = self._gauges_reading = asyncio.ensure_future(self._read_gauges())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(reading), _GAUGES_WAIT_S)
+
+    async def _read_gauges(self) -> None:
+        try:
+            await PERIODIC_READS.run(self._refresh_gauges)
+        except JournalUnavailable as exc:
+            logger.warning("could not read the journal's gauges for /metrics", extra={"error": str(exc)})
+        except Exception:
+            logger.exception("reading the journal's gauges failed")
 
     async def _retention(self) -> None:
         """Every minute: delete what every sink has delivered and is older than the retention."""
@@ -319,6 +354,7 @@ def build_app(settings: Settings, env: Mapping[str, str]) -> WebhookFirst:
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def prometheus_metrics(request: Request) -> Response:
+        await forwarder.read_gauges()
         body, content_type = exposition.render(request.headers.get("accept", ""))
         return Response(body, headers={"content-type": content_type})
 
@@ -335,6 +371,7 @@ def build_app(settings: Settings, env: Mapping[str, str]) -> WebhookFirst:
 
     async def metrics_plain(scope: Scope, receive: Receive, send: Send) -> None:
         accept = next((value for name, value in scope["headers"] if name == b"accept"), b"")
+        await forwarder.read_gauges()
         body, content_type = exposition.render(accept.decode("latin-1"))
         headers = [(b"content-type", content_type.encode()), (b"content-length", b"%d" % len(body))]
         await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -6,11 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import with_flaky_sink
 from tests.samples import make_event
@@ -77,6 +79,41 @@ def test_retryable_failure_delivers_everything_once_the_sink_recovers(
     wait_for(lambda: len(_flaky_ids(tmp_path)) == 20, what="flaky to catch up", timeout=40)
     assert sorted(_flaky_ids(tmp_path)) == sorted(event["id"] for event in ids)
     assert service.status()["sinks"]["flaky"]["dead_letters"] == 0
+
+
+def test_the_journal_gauges_are_read_when_metrics_is_scraped(
+    start_service: StartService, tmp_path: Path
+) -> None:
+    service = start_service(**with_flaky_sink(tmp_path, "retryable"))
+
+    def scrape() -> dict[tuple[str, str], float]:
+        """The journal's size, flaky's lag and dead letters, from one scrape of /metrics."""
+        wanted = {
+            "workos_forwarder_journal_events",
+            "workos_forwarder_sink_lag_events",
+            "workos_forwarder_dead_letters",
+        }
+        return {
+            (sample.name, sample.labels.get("sink", "")): sample.value
+            for family in text_string_to_metric_families(service.metrics())
+            for sample in family.samples
+            if sample.name in wanted and sample.labels.get("sink", "flaky") == "flaky"
+        }
+
+    for _ in range(3):
+        assert service.post(make_event("user.created")).status_code == 200
+    # No waiting: the scrape itself reads the journal.
+    assert scrape() == {
+        ("workos_forwarder_journal_events", ""): 3,
+        ("workos_forwarder_sink_lag_events", "flaky"): 3,
+        ("workos_forwarder_dead_letters", "flaky"): 0,
+    }
+    time.sleep(1.0)  # older than the most the gauges may be
+    for _ in range(2):
+        assert service.post(make_event("user.created")).status_code == 200
+    after = scrape()
+    assert after[("workos_forwarder_journal_events", "")] == 5
+    assert after[("workos_forwarder_sink_lag_events", "flaky")] == 5
 
 
 def test_every_acknowledged_event_survives_sigkill(start_service: StartService) -> None:

@@ -7,8 +7,10 @@ Each test works in a schema of its own, dropped afterwards.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable, Iterator
 
+import httpx
 import psycopg
 import pytest
 
@@ -51,6 +53,25 @@ def test_service_on_postgres_acknowledges_dedupes_and_delivers(
     assert status["journal"]["events"] == 30
     assert "postgresql://" in status["journal"]["location"]
     assert status["sinks"]["jsonl"]["role"] == "active"
+
+
+def test_metrics_answers_while_the_journal_does_not(start_service: StartService, pg_url: str) -> None:
+    """The journal's gauges are read for a scrape; a journal that does not answer must not hold
+    up /metrics, where that shows: the scrape waits for the read one second at most."""
+    service = start_service(FORWARDER_JOURNAL_URL=pg_url)
+    assert service.post(make_event("user.created")).status_code == 200
+    with psycopg.connect(pg_url) as blocker:
+        blocker.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")  # reads of events wait
+        started = time.monotonic()
+        answer = httpx.get(f"{service.url}/metrics", timeout=10)
+        took = time.monotonic() - started
+        blocker.rollback()
+    assert answer.status_code == 200
+    assert "workos_forwarder_journal_writable 1.0" in answer.text
+    assert 1.0 <= took < 3.0
+    wait_for(
+        lambda: service.metric("workos_forwarder_journal_events") == 1, what="the gauges once it answers"
+    )
 
 
 def test_two_replicas_share_the_journal_and_one_delivers_each_sink(
