@@ -362,7 +362,9 @@ def test_an_unknown_type_under_a_stored_id_is_neither_counted_nor_logged(start_s
     service = start_service()
     stored = make_event("agent.workflow.created")
     assert service.post(stored).json()["status"] == "accepted"
-    again = [stored, make_event("agent.workflow.renamed", id=stored["id"])]
+    # An id is one event, with one created_at: the journal deduplicates on both (forwarder/dedup_key.py).
+    renamed = make_event("agent.workflow.renamed", id=stored["id"], created_at=stored["created_at"])
+    again = [stored, renamed]
 
     assert [service.post(event).json()["status"] for event in again] == ["duplicate", "duplicate"]
 
