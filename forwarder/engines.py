@@ -259,6 +259,10 @@ class SQLiteEngine:
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
         if writer:
+            # Statement journals in memory: a group commit's multi-row INSERT spilled its undo
+            # pages to a temporary file, a third of the writer's pwrite calls (48,700 a second
+            # at 6,000 webhooks/s, 30,300 without). It holds one statement's pages at most.
+            conn.execute("PRAGMA temp_store=MEMORY")
             # Per connection: every writer (serve, backfill, dlq) keeps the WAL within budget.
             budget = self.budget
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
