@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from forwarder.errors import JournalUnavailable, PermanentError, RetryableError
 from forwarder.isolation import Refused, halve
 from forwarder.journal import Journal
 from forwarder.normalize import event_time
+from forwarder.read_thread import ReadThread
 from forwarder.records import Entry
 from forwarder.retry_after import DEFAULT_CAP_S
 from forwarder.retry_policy import RetryPolicy, SinkHealth, SinkStatus
@@ -84,6 +86,8 @@ class DeliveryLoop:
         self._stopping = asyncio.Event()
         self._next_replay_check = 0.0
         self._lease: Lease | None = None
+        self._reads = ReadThread(f"delivery-{sink.name}")
+        """The lease check and the read of every batch (``forwarder.read_thread``: not to_thread)."""
 
     def stop(self) -> None:
         """Ask the loop to finish: it drains what is already journaled, then returns."""
@@ -102,9 +106,8 @@ class DeliveryLoop:
                             return
                         continue
                     await self._replay_requested()
-                    entries = await asyncio.to_thread(
-                        self.journal.read_after, self.status.cursor, self.sink.max_batch
-                    )
+                    read = functools.partial(self.journal.read_after, self.status.cursor, self.sink.max_batch)
+                    entries = await self._reads.run(read)
                     if not entries:
                         if not self.status.cursor_saved:
                             await self._save_cursor()
@@ -136,6 +139,7 @@ class DeliveryLoop:
         except _Stopped:
             return
         finally:
+            self._reads.stop()
             if self._lease is not None:
                 self._lease.release()
                 self._lease = None
@@ -178,7 +182,7 @@ class DeliveryLoop:
         previous holder advanced.
         """
         if self._lease is not None:
-            if await asyncio.to_thread(self._lease.alive):
+            if await self._reads.run(self._lease.alive):
                 return True
             with contextlib.suppress(Exception):
                 self._lease.release()

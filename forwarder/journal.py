@@ -26,8 +26,8 @@ from forwarder.dedup_key import dedup_key
 from forwarder.engines import Engine, Lease, SQLiteEngine
 from forwarder.errors import BacklogFull, JournalUnavailable
 from forwarder.group_commit import WRITE_DEADLINE_S, GroupCommitWriter, Operation, Transaction
-from forwarder.periodic_reads import PERIODIC_READS
 from forwarder.read_connections import ReadConnections
+from forwarder.read_thread import PERIODIC_READS
 from forwarder.records import DeadLetter, Entry, NewRecord, Stats
 
 logger = logging.getLogger("forwarder.journal")

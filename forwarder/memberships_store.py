@@ -43,7 +43,7 @@ from forwarder.memberships import (
     Said,
     memberships_in,
 )
-from forwarder.periodic_reads import PERIODIC_READS
+from forwarder.read_thread import PERIODIC_READS
 from forwarder.records import NewRecord
 
 logger = logging.getLogger("forwarder.memberships")

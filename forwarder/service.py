@@ -31,7 +31,7 @@ from forwarder.engines import SQLiteEngine, engine_for
 from forwarder.journal import Journal, JournalUnavailable
 from forwarder.masking import scrub
 from forwarder.memberships_store import open_memberships
-from forwarder.periodic_reads import PERIODIC_READS
+from forwarder.read_thread import PERIODIC_READS
 from forwarder.signature import Verifier
 from forwarder.sources import load_sources, memberships_api
 from forwarder.sources.webhook import Receive, Scope, Send, WebhookEndpoint

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import zlib
@@ -28,6 +29,7 @@ from forwarder.detections.settings import DetectionSettings
 from forwarder.engines import Lease
 from forwarder.journal import Journal, JournalUnavailable
 from forwarder.normalize import NormalizeOptions
+from forwarder.read_thread import ReadThread
 from forwarder.records import NewRecord
 
 logger = logging.getLogger("forwarder.detections")
@@ -57,6 +59,8 @@ class DetectionLoop:
         self._env = normalize.env
         self._stopping = asyncio.Event()
         self._lease: Lease | None = None
+        self._reads = ReadThread("detections")
+        """The lease check, the read and the evaluation of every batch (``forwarder.read_thread``)."""
         self._pending: list[tuple[Firing, NewRecord]] = []
         self._evaluated = 0
         """The last sequence number evaluated with its firings journaled (``/status``)."""
@@ -94,9 +98,10 @@ class DetectionLoop:
                         continue
                     if self._pending:
                         await self._write_pending()
-                    entries = await asyncio.to_thread(self.journal.read_after, self.engine.seq, _BATCH)
+                    read = functools.partial(self.journal.read_after, self.engine.seq, _BATCH)
+                    entries = await self._reads.run(read)
                     if entries:
-                        firings = await asyncio.to_thread(self.engine.process, entries)
+                        firings = await self._reads.run(functools.partial(self.engine.process, entries))
                         self._dirty = True
                         now = time.time()
                         self._pending = [
@@ -118,6 +123,7 @@ class DetectionLoop:
                     if await _wait(self._stopping, _JOURNAL_RETRY_S):
                         return
         finally:
+            self._reads.stop()
             if self._lease is not None:
                 self._lease.release()
                 self._lease = None
@@ -178,7 +184,7 @@ class DetectionLoop:
     async def _hold_lease(self) -> bool:
         """Whether this process evaluates; taking the lease (again) reloads the checkpoint."""
         if self._lease is not None:
-            if await asyncio.to_thread(self._lease.alive):
+            if await self._reads.run(self._lease.alive):
                 return True
             with contextlib.suppress(Exception):
                 self._lease.release()

@@ -1,16 +1,19 @@
-"""One thread for the journal reads the service makes on a timer, cheaper than ``asyncio.to_thread``.
+"""A thread of its own for a loop's blocking journal calls, cheaper than ``asyncio.to_thread``.
 
 ``asyncio.to_thread`` goes through ``concurrent.futures``: a future with its ``Condition``, a
 work item, the pool's idle semaphore, and that future chained to an asyncio one, all of it
 Python code. Callgrind counted about 130,000 CPU instructions per call (2026-12-07, uvloop),
-for journal reads of 15,000-115,000. The service reads the journal every second whether or not
-anything happens (the sequence check, the membership map's refresh), so those hops were most
-of what it did at rest. Here a call is a queue put, the thread's wake-up and one
+for journal reads of 15,000-115,000. Here a call is a queue put, the thread's wake-up and one
 ``call_soon_threadsafe`` back: about 37,000.
 
-Calls run one at a time, in order: it is for short reads on a timer. One that blocks (a
-journal that does not answer) holds up the ones behind it, which would wait on the same
-journal anyway; the webhook and delivery paths do not use it.
+The service reads the journal every second whether or not anything happens (the sequence
+check, the membership map's refresh): those go through ``PERIODIC_READS``. Each delivery
+loop and the detection loop has its own thread for what it does per batch (the lease check,
+the read, the evaluation): at a sidecar's rate of a few webhooks a second, a batch holds one
+or two records, and two hops per batch and loop were most of what delivering cost.
+
+Calls run one at a time, in order. One that blocks (a journal that does not answer) holds up
+the ones behind it; each user awaits its calls one after another anyway.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 _Call = tuple[Callable[[], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+_STOP = None
 
 
 class ReadThread:
@@ -31,7 +35,7 @@ class ReadThread:
 
     def __init__(self, name: str) -> None:
         self._name = name
-        self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._started = False
         self._starting = threading.Lock()
 
@@ -44,6 +48,13 @@ class ReadThread:
         self._calls.put((call, future, loop))
         return await future
 
+    def stop(self) -> None:
+        """End the thread once the calls queued before are done; a later ``run`` starts another."""
+        with self._starting:
+            if self._started:
+                self._calls.put(_STOP)
+                self._started = False
+
     def _start(self) -> None:
         with self._starting:
             if not self._started:
@@ -52,8 +63,8 @@ class ReadThread:
 
     def _serve(self) -> None:
         calls = self._calls
-        while True:
-            call, future, loop = calls.get()
+        while (item := calls.get()) is not _STOP:
+            call, future, loop = item
             try:
                 result, error = call(), None
             except BaseException as exc:  # the caller's to handle, as with asyncio.to_thread
