@@ -24,7 +24,11 @@ latency side of group commit, which ``bench.run`` measures.
 service stopped (``SIGSTOP``) while a group is written: its event loop then reads all N in one
 turn, and they share one commit (the run fails unless every commit held exactly N). Set
 against the default row, it shows what the per-commit part costs.
-Takes about 6 minutes and needs valgrind (``apt-get install valgrind``).
+The sidecar row (``--only sidecar``) is the forwarder with the Datadog sink (to the intake
+double), the Prometheus sink and the detections on, at 25 webhooks/s one at a time: all a
+webhook costs at a sidecar's rate, answer, delivery and detection.
+
+Takes about 9 minutes and needs valgrind (``apt-get install valgrind``).
 """
 
 from __future__ import annotations
@@ -80,8 +84,14 @@ def instructions(app: str, count: int, requests: Path, workdir: Path) -> int:
     return int(found[-1])
 
 
-def forwarder_per_request(count: int, requests: Path, workdir: Path, group: int = 1) -> tuple[float, float]:
+def forwarder_per_request(
+    count: int, requests: Path, workdir: Path, group: int = 1, intake: Intake | None = None
+) -> tuple[float, float]:
     """(instructions per webhook, instructions per idle second) of the forwarder, one run.
+
+    With an ``intake``, the Datadog sink delivers to it, the Prometheus sink and the
+    detections are on, and the count ends once the intake holds every webhook's record: the
+    whole cost of one webhook at a sidecar's low rate, delivery and detection included.
 
     Callgrind dumps its counts on demand: once the service is up, after ``IDLE_S`` of rest,
     and after ``count`` webhooks sent one at a time (or ``group`` at a time, one commit
@@ -91,18 +101,26 @@ def forwarder_per_request(count: int, requests: Path, workdir: Path, group: int 
     off, so a busy machine that stretches the run does not inflate the count.
     """
     port = free_port()
-    out = workdir / "forwarder.callgrind"
+    run = "forwarder" if intake is None else "sidecar"
+    out = workdir / f"{run}.callgrind"
     # Detections off too: like a sink, the engine reads what was committed, after the answer
     # (about 94,000 instructions per event on 2026-12-07, counted in this row until then).
     env = {
-        **service_env(workdir / "forwarder", port),
+        **service_env(workdir / run, port),
         "PROMETHEUS_SINK": "off",
         "FORWARDER_DETECTIONS": "off",
         # Groups go on connections opened before the rest: kept open through it.
         **({"FORWARDER_KEEPALIVE_TIMEOUT": "1h"} if group > 1 else {}),
     }
+    if intake is not None:
+        env.update(
+            PROMETHEUS_SINK="on",
+            FORWARDER_DETECTIONS="on",
+            DD_API_KEY="bench-api-key",
+            DD_LOGS_URL=f"{intake.url}/api/v2/logs",
+        )
     argv = [*VALGRIND[:-1], f"--callgrind-out-file={out}", *SERVE_ARGV]
-    server = Server("forwarder", argv, env, workdir / "forwarder", port, startup_timeout_s=300)
+    server = Server(run, argv, env, workdir / run, port, startup_timeout_s=300)
     server.start("/healthz")
     connections: list[socket.socket] = []
     try:
@@ -130,6 +148,10 @@ def forwarder_per_request(count: int, requests: Path, workdir: Path, group: int 
             )["ok"]
         else:
             ok, stopped_s = send_in_groups(server.pid, connections, requests, count)
+        if intake is not None:
+            if intake.wait_for(count, timeout_s=600) is None:
+                raise RuntimeError(f"forwarder: the intake did not get all {count} records")
+            time.sleep(_DETECTION_POLL_S)  # the detection loop reads the last ones too
         busy = _dump(server.pid, out, 3)
         load_s = time.monotonic() - loaded - stopped_s
         commits = server.metric("workos_forwarder_journal_commit_seconds_count") - commits_before
@@ -144,6 +166,10 @@ def forwarder_per_request(count: int, requests: Path, workdir: Path, group: int 
     if count / commits > 1.05 * group:
         log(f"forwarder: {count / commits:.2f} events per commit, not one: the count depends on timing")
     return (busy - idle_rate * load_s) / count, idle_rate
+
+
+_DETECTION_POLL_S = 2.0
+"""Longer than the detection loop's rest once caught up (1 s)."""
 
 
 def _ready_connection(port: int) -> socket.socket:
@@ -269,6 +295,17 @@ def forwarder_row(count: int, requests: Path, workdir: Path, group: int = 1) -> 
     return per_webhook
 
 
+def sidecar_row(count: int, requests: Path, workdir: Path) -> float:
+    log(f"forwarder with sinks and detections under callgrind: {IDLE_S:g} s at rest, then {count} requests")
+    intake = Intake(workdir)
+    try:
+        per_webhook, idle_rate = forwarder_per_request(count, requests, workdir, intake=intake)
+    finally:
+        intake.stop()
+    log(f"forwarder with its sinks at rest: {idle_rate:,.0f} instructions per second (taken off the count)")
+    return per_webhook
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.instructions", description=__doc__.split("\n\n")[0]
@@ -276,7 +313,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000, help="requests of the short run [1000]")
     parser.add_argument(
         "--only",
-        choices=("floor", "forwarder", "delivery"),
+        choices=("floor", "forwarder", "delivery", "sidecar"),
         help="count one row only (comparing a change to one path) [all three]",
     )
     parser.add_argument(
@@ -286,32 +323,45 @@ def main() -> None:
         metavar="N",
         help="send the forwarder's webhooks N at a time, N to a commit (a divisor of --requests) [1]",
     )
+    parser.add_argument(
+        "--keep",
+        metavar="DIR",
+        help="keep the work dir (callgrind's dumps, for callgrind_annotate) in DIR [a temp dir, removed]",
+    )
     args = parser.parse_args()
     if args.group < 1 or args.requests % args.group:
         parser.error("--group must be a positive divisor of --requests")
     if shutil.which("valgrind") is None:
         sys.exit("bench: valgrind is not installed (apt-get install valgrind)")
-    workdir = Path(tempfile.mkdtemp(prefix="workos-instructions-"))
+    if args.keep:
+        workdir = Path(args.keep)
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="workos-instructions-"))
     try:
         requests = workdir / "requests.bin"
         write_requests(
             requests, 3 * args.requests, SECRET, host="127.0.0.1", webhook_path=WEBHOOK_PATH, seed=7
         )
-        rows = {**_ROWS, "forwarder": functools.partial(forwarder_row, group=args.group)}
+        rows: dict[str, Callable[[int, Path, Path], float]] = {
+            **_ROWS,
+            "forwarder": functools.partial(forwarder_row, group=args.group),
+        }
         counts = {
             name: count(args.requests, requests, workdir)
             for name, count in rows.items()
             if args.only in (None, name)
         }
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
     print("| app | instructions per request |\n|---|---:|")
     for name, value in counts.items():
         title = _TITLES[name]
         if name == "forwarder" and args.group > 1:
             title = title.replace("one event per commit", f"{args.group} events per commit")
         print(f"| {title} | {value:,.0f} |")
-    if len(counts) == len(_ROWS):
+    if "floor" in counts and "forwarder" in counts:
         ratio = counts["forwarder"] / counts["floor"]
         print(f"\nforwarder / floor: {ratio:.2f}x (the target is at most 2.5x)")
 
@@ -320,11 +370,13 @@ _ROWS: dict[str, Callable[[int, Path, Path], float]] = {
     "floor": functools.partial(per_request, "floor"),
     "forwarder": forwarder_row,
     "delivery": lambda count, _requests, workdir: per_delivered_event(count, workdir),
+    "sidecar": sidecar_row,
 }
 _TITLES = {
     "floor": "floor (bare ASGI, same server)",
     "forwarder": "forwarder, acknowledgement path (verify, parse, normalize, commit; one event per commit)",
     "delivery": "forwarder, delivering one event to the Datadog and Prometheus sinks",
+    "sidecar": "forwarder at 25 webhooks/s with Datadog, Prometheus and detections (all it does per webhook)",
 }
 
 
