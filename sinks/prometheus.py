@@ -25,6 +25,11 @@ EVENTS = prometheus_client.Counter(
 class PrometheusSink:
     name = "prometheus"
     max_batch = 1000
+    linger_s = 1.0
+    """Once caught up, a second's records are counted together. At a sidecar's few webhooks a
+    second the default 0.05 s read and saved the cursor (a commit) for every record or two:
+    8.5% of what the service did per webhook under callgrind. A scrape comes every 15 s or
+    more, so the counters lagging a second changes no graph or alert."""
 
     def __init__(self, events: EventFilter) -> None:
         self.events = events
