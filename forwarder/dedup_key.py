@@ -31,9 +31,11 @@ def dedup_key(event_id: str, created_at: float | None) -> int:
     release is keyed by the database itself. Only verified events reach the journal, so nobody can
     choose ids that collide, and a collision would cost a comparison anyway.
     """
-    millisecond = (
-        int(created_at * 1000) if created_at is not None and 0 <= created_at * 1000 <= _MAX_MILLISECOND else 0
-    )
+    millisecond = 0
+    if created_at is not None:
+        scaled = created_at * 1000
+        if 0 <= scaled <= _MAX_MILLISECOND:
+            millisecond = int(scaled)
     digest = hashlib.md5(event_id.encode(), usedforsecurity=False).digest()
     return (millisecond << _HASH_BITS) | (int.from_bytes(digest[:4]) & _HASH_MASK)
 

@@ -216,7 +216,7 @@ class Journal:
         for start, size in _chunks(len(records)):
             stored.update(tx.execute(_stored_ids(size), keys[start : start + size]).fetchall())
         fresh: list[bool] = []
-        new: list[Any] = []
+        new: list[tuple[int, NewRecord]] = []
         for key, rec in zip(keys, records, strict=True):
             is_new = (key, rec.event_id) not in stored
             if is_new:
