@@ -161,7 +161,13 @@ JOURNAL_WRITABLE = Gauge(
 # The detection engine (forwarder/detections): its firings and the size of its window state.
 DETECTIONS = Counter(
     "workos_detections",
-    "Detection firings journaled (and so delivered to every sink), by rule and severity.",
+    "Detection firings journaled (and so delivered to every sink), by rule and severity; late ones apart.",
+    ["rule", "severity"],
+    registry=REGISTRY,
+)
+DETECTIONS_LATE = Counter(
+    "workos_detections_late",
+    "Late detection firings journaled (their window ended over an hour before: a backlog evaluated).",
     ["rule", "severity"],
     registry=REGISTRY,
 )

@@ -24,7 +24,7 @@ from typing import Any
 
 from forwarder import metrics
 from forwarder.detections.engine import BUILT_IN, Engine
-from forwarder.detections.firing import Firing, firing_record
+from forwarder.detections.firing import Firing, firing_record, is_late
 from forwarder.detections.settings import DetectionSettings
 from forwarder.engines import Lease
 from forwarder.journal import Journal, JournalUnavailable
@@ -61,7 +61,8 @@ class DetectionLoop:
         self._lease: Lease | None = None
         self._reads = ReadThread("detections")
         """The lease check, the read and the evaluation of every batch (``forwarder.read_thread``)."""
-        self._pending: list[tuple[Firing, NewRecord]] = []
+        self._pending: list[tuple[Firing, NewRecord, bool]] = []
+        """Firings found and not yet journaled: (firing, its record, late)."""
         self._evaluated = 0
         """The last sequence number evaluated with its firings journaled (``/status``)."""
         self._dirty = False
@@ -105,7 +106,11 @@ class DetectionLoop:
                         self._dirty = True
                         now = time.time()
                         self._pending = [
-                            (firing, firing_record(firing, service=self._service, env=self._env, now=now))
+                            (
+                                firing,
+                                firing_record(firing, service=self._service, env=self._env, now=now),
+                                is_late(firing, now),
+                            )
                             for firing in firings
                         ]
                         self._report()
@@ -132,20 +137,27 @@ class DetectionLoop:
         """Journal the firings found (they reach every sink from there); raises until it can."""
         if not self._pending:
             return
-        records = [record for _, record in self._pending]
-        about = [firing.about for firing, _ in self._pending]
+        pending = self._pending
         due = time.monotonic() - self._last_checkpoint >= _CHECKPOINT_INTERVAL_S
         state = {CHECKPOINT_KEY: await asyncio.to_thread(self.engine.snapshot)} if due else None
-        fresh = await self.journal.append(records, state=state)
+        fresh = await self.journal.append([record for _, record, _ in pending], state=state)
         self._pending = []
         if state is not None:
             self._saved()
-        for rule, record, is_new in zip(about, records, fresh, strict=True):
+        for (firing, record, late), is_new in zip(pending, fresh, strict=True):
             if is_new:
-                metrics.DETECTIONS.labels(rule.name, rule.severity).inc()
+                # Late firings apart: an alert on the counter would otherwise page for the
+                # attacks of last week when detections first read a retained journal.
+                counter = metrics.DETECTIONS_LATE if late else metrics.DETECTIONS
+                counter.labels(firing.about.name, firing.about.severity).inc()
                 logger.info(
                     "detection fired",
-                    extra={"rule": rule.name, "severity": rule.severity, "id": record.event_id},
+                    extra={
+                        "rule": firing.about.name,
+                        "severity": firing.about.severity,
+                        "id": record.event_id,
+                        "late": late,
+                    },
                 )
 
     async def _checkpoint(self) -> None:

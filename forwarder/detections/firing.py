@@ -55,6 +55,12 @@ class Firing:
         return f"detection_{hashlib.sha256(identity).hexdigest()[:32]}"
 
 
+def is_late(firing: Firing, now: float) -> bool:
+    """Whether ``firing`` comes more than ``LATE_AFTER_S`` after its window ended: found in a
+    backlog (a first start over a retained journal, a restart after a long stop), not live."""
+    return now - firing.end > LATE_AFTER_S
+
+
 def firing_record(firing: Firing, *, service: str, env: str, now: float | None = None) -> NewRecord:
     """The journal record of ``firing``; ``now`` decides ``late`` (wall clock by default)."""
     now = time.time() if now is None else now
@@ -68,7 +74,7 @@ def firing_record(firing: Firing, *, service: str, env: str, now: float | None =
         "window": {"start": _iso(firing.start), "end": _iso(firing.end)},
         "event_ids": list(firing.event_ids),
         "attack": list(about.attack),
-        "late": now - firing.end > LATE_AFTER_S,
+        "late": is_late(firing, now),
     }
     if firing.distinct is not None:
         detection["distinct"] = firing.distinct
