@@ -38,11 +38,6 @@ OnStore = Callable[[Transaction, Sequence[NewRecord], list[bool]], None]
 
 
 @functools.cache
-def _stored_ids(rows: int) -> str:
-    """The ids already stored under ``rows`` dedup keys (one index seek each)."""
-    return f"SELECT event_key, event_id FROM events WHERE event_key IN ({', '.join('?' * rows)})"
-
-
 @functools.cache
 def _insert_events(rows: int) -> str:
     """One INSERT for ``rows`` records.
@@ -214,7 +209,7 @@ class Journal:
         # until the commit: a key match is a duplicate only if the stored id is the same.
         stored: set[tuple[int, str]] = set()
         for start, size in _chunks(len(records)):
-            stored.update(tx.execute(_stored_ids(size), keys[start : start + size]).fetchall())
+            stored.update(tx.execute(self.engine.stored_ids(size), keys[start : start + size]).fetchall())
         fresh: list[bool] = []
         new: list[tuple[int, NewRecord]] = []
         for key, rec in zip(keys, records, strict=True):
