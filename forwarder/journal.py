@@ -38,7 +38,6 @@ OnStore = Callable[[Transaction, Sequence[NewRecord], list[bool]], None]
 
 
 @functools.cache
-@functools.cache
 def _insert_events(rows: int) -> str:
     """One INSERT for ``rows`` records.
 
