@@ -151,7 +151,7 @@ def forwarder_per_request(
         if intake is not None:
             if intake.wait_for(count, timeout_s=600) is None:
                 raise RuntimeError(f"forwarder: the intake did not get all {count} records")
-            time.sleep(_DETECTION_POLL_S)  # the detection loop reads the last ones too
+            time.sleep(_SETTLE_S)  # firings count in the intake too: let the last batches go
         busy = _dump(server.pid, out, 3)
         load_s = time.monotonic() - loaded - stopped_s
         commits = server.metric("workos_forwarder_journal_commit_seconds_count") - commits_before
@@ -168,8 +168,8 @@ def forwarder_per_request(
     return (busy - idle_rate * load_s) / count, idle_rate
 
 
-_DETECTION_POLL_S = 2.0
-"""Longer than the detection loop's rest once caught up (1 s)."""
+_SETTLE_S = 2.0
+"""Longer than the Datadog sink's linger and the detection loop's rest once caught up (1 s each)."""
 
 
 def _ready_connection(port: int) -> socket.socket:
@@ -314,7 +314,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         choices=("floor", "forwarder", "delivery", "sidecar"),
-        help="count one row only (comparing a change to one path) [all three]",
+        help="count one row only (comparing a change to one path) [all four]",
     )
     parser.add_argument(
         "--group",
