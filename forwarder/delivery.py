@@ -87,7 +87,8 @@ class DeliveryLoop:
         self._next_replay_check = 0.0
         self._lease: Lease | None = None
         self._reads = ReadThread(f"delivery-{sink.name}")
-        """The lease check and the read of every batch (``forwarder.read_thread``: not to_thread)."""
+        """Every blocking journal call of the loop, the lease and the read of each batch first
+        (``forwarder.read_thread``: not to_thread)."""
 
     def stop(self) -> None:
         """Ask the loop to finish: it drains what is already journaled, then returns."""
@@ -188,7 +189,7 @@ class DeliveryLoop:
                 self._lease.release()
             self._lease = None
             logger.warning("lost the delivery lease; standing by", extra={"sink": self.sink.name})
-        lease = await asyncio.to_thread(self.journal.claim, self.sink.name)
+        lease = await self._reads.run(functools.partial(self.journal.claim, self.sink.name))
         if lease is None:
             if self.status.role != "standby":
                 logger.info(
@@ -197,7 +198,7 @@ class DeliveryLoop:
             self.status.role = "standby"
             return False
         self._lease = lease
-        cursors = await asyncio.to_thread(self.journal.cursors)
+        cursors = await self._reads.run(self.journal.cursors)
         saved = cursors.get(self.sink.name, 0)
         # A cursor this process could not save is still true: what it passed was delivered.
         self.status.cursor = saved if self.status.cursor_saved else max(saved, self.status.cursor)
@@ -293,8 +294,10 @@ class DeliveryLoop:
         if now < self._next_replay_check:
             return
         self._next_replay_check = now + _REPLAY_CHECK_INTERVAL_S
-        letters = await asyncio.to_thread(
-            self.journal.dead_letters, sink=self.sink.name, state="replay", limit=self.sink.max_batch
+        letters = await self._reads.run(
+            functools.partial(
+                self.journal.dead_letters, sink=self.sink.name, state="replay", limit=self.sink.max_batch
+            )
         )
         if not letters:
             return

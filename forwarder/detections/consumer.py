@@ -60,7 +60,8 @@ class DetectionLoop:
         self._stopping = asyncio.Event()
         self._lease: Lease | None = None
         self._reads = ReadThread("detections")
-        """The lease check, the read and the evaluation of every batch (``forwarder.read_thread``)."""
+        """Every blocking call of the loop (lease, read, evaluation, checkpoint): the engine is
+        used from this one thread (``forwarder.read_thread``)."""
         self._pending: list[tuple[Firing, NewRecord, bool]] = []
         """Firings found and not yet journaled: (firing, its record, late)."""
         self._evaluated = 0
@@ -139,7 +140,7 @@ class DetectionLoop:
             return
         pending = self._pending
         due = time.monotonic() - self._last_checkpoint >= _CHECKPOINT_INTERVAL_S
-        state = {CHECKPOINT_KEY: await asyncio.to_thread(self.engine.snapshot)} if due else None
+        state = {CHECKPOINT_KEY: await self._reads.run(self.engine.snapshot)} if due else None
         fresh = await self.journal.append([record for _, record, _ in pending], state=state)
         self._pending = []
         if state is not None:
@@ -161,7 +162,7 @@ class DetectionLoop:
                 )
 
     async def _checkpoint(self) -> None:
-        snapshot = await asyncio.to_thread(self.engine.snapshot)
+        snapshot = await self._reads.run(self.engine.snapshot)
         await self.journal.append([], state={CHECKPOINT_KEY: snapshot})
         self._saved()
 
@@ -202,7 +203,7 @@ class DetectionLoop:
                 self._lease.release()
             self._lease = None
             logger.warning("lost the detection lease; standing by")
-        lease = await asyncio.to_thread(self.journal.claim, LEASE)
+        lease = await self._reads.run(functools.partial(self.journal.claim, LEASE))
         if lease is None:
             if self.role != "standby":
                 logger.info("another process evaluates detections; standing by")
@@ -211,10 +212,10 @@ class DetectionLoop:
         self._lease = lease
         self.engine = Engine(self.settings.rules, self.settings.limits)
         self._pending = []
-        saved = await asyncio.to_thread(self.journal.get_state, CHECKPOINT_KEY)
+        saved = await self._reads.run(functools.partial(self.journal.get_state, CHECKPOINT_KEY))
         if saved is not None:
             try:
-                await asyncio.to_thread(self.engine.restore, saved)
+                await self._reads.run(functools.partial(self.engine.restore, saved))
             except (ValueError, KeyError, TypeError, zlib.error) as exc:
                 # A checkpoint this release cannot read: evaluate the journal again from its
                 # start. Firings found before keep their ids, so they are not repeated.
