@@ -74,6 +74,8 @@ class Journal:
         self._backlog_limit = backlog_limit
         self._reads = ReadConnections(self.engine)
         self._sinks: list[str] = []
+        self._retention_holds: list[str] = []
+        """State keys holding a reader's position (``hold_retention``)."""
         self._waiting: list[tuple[NewRecord, asyncio.Future[bool]]] = []
         self.on_store: OnStore | None = None
         """What else is written with stored records, in their transaction (the membership map)."""
@@ -260,6 +262,17 @@ class Journal:
         )
         self._sinks = names
 
+    def hold_retention(self, state_key: str) -> None:
+        """Keep every record after the sequence number saved under ``state_key`` from retention.
+
+        For a reader that is not a sink (the detection engine): it saves its position with its
+        own state, and retention keeps what it has not read, as it does for a sink's cursor.
+        Until a position is saved, every record is kept. The backlog limit ignores it: a reader
+        behind never makes webhooks wait.
+        """
+        if state_key not in self._retention_holds:
+            self._retention_holds.append(state_key)
+
     async def set_cursor(self, sink: str, seq: int) -> None:
         """Advance ``sink``'s cursor to ``seq``; never moves it back.
 
@@ -302,7 +315,8 @@ class Journal:
         )
 
     async def prune(self, older_than_s: float, *, batch: int | None = None) -> int:
-        """Delete records every registered sink has delivered and that are older than the retention.
+        """Delete records every registered sink has delivered (and every ``hold_retention``
+        reader has read) and that are older than the retention.
 
         Records arrive in sequence order, so each round looks only at the ``batch`` lowest
         sequence numbers (default: the engine's ``prune_batch``) and stops at the first round
@@ -320,6 +334,9 @@ class Journal:
         failpoints.hit("retention.prune")
         cursors = await asyncio.to_thread(self.cursors)
         low = min(cursors.get(name, 0) for name in self._sinks)
+        for key in self._retention_holds:
+            saved = await asyncio.to_thread(self.get_state, key)
+            low = min(low, int(saved) if saved is not None and saved.isdigit() else 0)
         cutoff = time.time() - older_than_s
         removed = 0
         while True:

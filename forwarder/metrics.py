@@ -182,6 +182,12 @@ DETECTION_STATE_GROUPS = Gauge(
     " (bounded by FORWARDER_DETECTION_MAX_GROUPS).",
     registry=REGISTRY,
 )
+DETECTION_LAG_EVENTS = Gauge(
+    "workos_forwarder_detection_lag_events",
+    "Records journaled after the detection engine's position: not evaluated yet, and kept from"
+    " retention until they are.",
+    registry=REGISTRY,
+)
 DETECTION_STATE_SHED = Counter(
     "workos_forwarder_detection_state_shed",
     "What the detection engine dropped at its bounds: least recently used groups, and events.",

@@ -258,6 +258,8 @@ class Forwarder:
         stats = self.journal.stats()
         metrics.JOURNAL_EVENTS.set(stats.events)
         metrics.JOURNAL_BYTES.set(stats.bytes)
+        if self.detections is not None:
+            metrics.DETECTION_LAG_EVENTS.set(self.journal.pending(self.detections.position()))
         dead = self.journal.dead_letter_counts()
         for name, lag in self._lags().items():
             metrics.SINK_LAG_EVENTS.labels(name).set(lag["lag_events"])

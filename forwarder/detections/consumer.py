@@ -37,6 +37,9 @@ logger = logging.getLogger("forwarder.detections")
 LEASE = "detection-engine"
 """The lease's name: not a valid sink name, so it never contends with a sink's."""
 CHECKPOINT_KEY = "detections.checkpoint"
+POSITION_KEY = "detections.position"
+"""The checkpoint's sequence number as plain digits, saved with it: retention keeps every
+record after it (``Journal.hold_retention``) without decoding the checkpoint."""
 _BATCH = 1000
 _CHECKPOINT_INTERVAL_S = 30.0
 _POLL_INTERVAL_S = 1.0
@@ -69,15 +72,24 @@ class DetectionLoop:
         self._dirty = False
         self._last_checkpoint = time.monotonic()
         self._last_shed_log = float("-inf")
+        journal.hold_retention(POSITION_KEY)
         for about in (*(r.about for r in settings.rules.correlations.values()), *BUILT_IN):
-            metrics.DETECTIONS.labels(about.name, about.severity)  # a 0 series for each rule
+            _zero_series(about.name, about.severity)
         for rule in settings.rules.base.values():
             if rule.standalone:
-                metrics.DETECTIONS.labels(rule.about.name, rule.about.severity)
+                _zero_series(rule.about.name, rule.about.severity)
 
     def stop(self) -> None:
         """Finish: write what is pending and a checkpoint, then return."""
         self._stopping.set()
+
+    def position(self) -> int:
+        """The last sequence number evaluated: this process's while it evaluates, else the one
+        the evaluating replica saved. Blocking (a journal read): call it from a thread."""
+        if self.role == "active":
+            return self._evaluated
+        saved = self.journal.get_state(POSITION_KEY)
+        return int(saved) if saved is not None and saved.isdigit() else 0
 
     def status(self) -> dict[str, Any]:
         return {
@@ -140,7 +152,7 @@ class DetectionLoop:
             return
         pending = self._pending
         due = time.monotonic() - self._last_checkpoint >= _CHECKPOINT_INTERVAL_S
-        state = {CHECKPOINT_KEY: await self._reads.run(self.engine.snapshot)} if due else None
+        state = await self._checkpoint_state() if due else None
         fresh = await self.journal.append([record for _, record, _ in pending], state=state)
         self._pending = []
         if state is not None:
@@ -162,9 +174,13 @@ class DetectionLoop:
                 )
 
     async def _checkpoint(self) -> None:
-        snapshot = await self._reads.run(self.engine.snapshot)
-        await self.journal.append([], state={CHECKPOINT_KEY: snapshot})
+        await self.journal.append([], state=await self._checkpoint_state())
         self._saved()
+
+    async def _checkpoint_state(self) -> dict[str, str]:
+        snapshot = await self._reads.run(self.engine.snapshot)
+        # The engine only moves in this loop, so its position is the snapshot's.
+        return {CHECKPOINT_KEY: snapshot, POSITION_KEY: str(self.engine.seq)}
 
     def _saved(self) -> None:
         self._dirty = False
@@ -226,11 +242,21 @@ class DetectionLoop:
                 self.engine = Engine(self.settings.rules, self.settings.limits)
         self._report()
         self._evaluated = self.engine.seq
+        # Saved again at the next checkpoint even if nothing new comes: a checkpoint of an
+        # earlier release has no position, and retention keeps every record until one is saved.
+        self._dirty = True
         self.role = "active"
         logger.info(
             "evaluating detections", extra={"cursor": self.engine.seq, "state_groups": self.engine.groups}
         )
         return True
+
+
+def _zero_series(rule: str, severity: str) -> None:
+    """A 0 series for each rule in both counters, so that a rate or an increase over them
+    sees the first firing."""
+    metrics.DETECTIONS.labels(rule, severity)
+    metrics.DETECTIONS_LATE.labels(rule, severity)
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> bool:

@@ -137,6 +137,31 @@ def test_a_sigkill_in_the_middle_of_an_attack_loses_and_repeats_nothing(start_se
     assert len(journaled_firings(service)) == len(expected(document))
 
 
+def journal_size(service: Service) -> int:
+    with sqlite3.connect(service.data_dir / "journal.sqlite3") as db:
+        (count,) = db.execute("SELECT COUNT(*) FROM events").fetchone()
+    return int(count)
+
+
+def test_retention_keeps_what_detections_have_not_saved_as_evaluated(start_service: StartService) -> None:
+    """Retention at zero age, every second: records the sinks delivered stay until the engine's
+    position is saved (at its checkpoint, here at the stop), then go."""
+    document = load("workos_brute_force", "fire")
+    retention = {"FORWARDER_RETENTION": "0s", "FORWARDER_PRUNE_INTERVAL": "1s"}
+    service = start_service(FORWARDER_DETECTIONS="on", **retention)
+
+    post_all(service, rebased(document))
+    wait_for(lambda: caught_up(service), what="detections and the sink caught up")
+    assert service.metric("workos_forwarder_detection_lag_events") == 0
+    time.sleep(2.5)  # two retention rounds: the position is not saved yet
+    assert journal_size(service) == len(events(document)) + len(expected(document))
+
+    service.stop()  # the stop saves the checkpoint and its position
+    service.start()
+    wait_for(lambda: journal_size(service) == 0, what="retention after the position was saved")
+    assert fired(delivered_firings(service)) == expected(document)
+
+
 def test_with_hashed_emails_the_group_shows_the_hash(start_service: StartService) -> None:
     document = load("workos_brute_force", "fire")
     service = start_service(

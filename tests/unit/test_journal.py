@@ -184,9 +184,29 @@ async def test_prune_removes_only_records_every_sink_has_delivered_and_that_are_
 
     assert await journal.prune(older_than_s=3600) == 0  # delivered, but younger than the retention
     assert await journal.prune(older_than_s=0, batch=4) == 10  # in several rounds
-
     assert [entry.seq for entry in entries(journal)] == seqs[10:]  # prometheus has not had these
     assert journal.stats().head == seqs[-1]
+
+
+async def test_prune_keeps_what_a_reader_holding_retention_has_not_read(open_journal: OpenJournal) -> None:
+    """The detection engine's position holds retention as a sink's cursor does, and holds
+    everything until it is saved; it never counts for the backlog limit."""
+    journal, other_replica = open_journal(backlog_limit=25), open_journal()
+    await journal.register_sinks(["datadog"])
+    journal.hold_retention("detections.position")
+    await journal.append(records(25))
+    seqs = [entry.seq for entry in entries(journal)]
+    await journal.set_cursor("datadog", seqs[-1])  # the sink has delivered everything
+
+    assert await journal.prune(older_than_s=0) == 0  # no position saved: nothing read yet
+
+    await other_replica.append([], state={"detections.position": str(seqs[14])})  # saved by either replica
+    assert await journal.prune(older_than_s=0) == 15
+    assert [entry.seq for entry in entries(journal)] == seqs[15:]
+
+    # 30 past the position, over the limit of 25 if it counted: accepted, as only sinks count.
+    await journal.append(records(20, start=25))
+    assert journal.backlog() == 20
 
 
 async def test_a_full_backlog_refuses_new_records_but_not_other_writes(open_journal: OpenJournal) -> None:

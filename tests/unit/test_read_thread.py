@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -20,11 +19,8 @@ def _threads(name: str) -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name == name]
 
 
-def _gone(name: str, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while _threads(name) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    return not _threads(name)
+async def _gone(name: str) -> None:
+    await wait_until(lambda: not _threads(name), f"thread {name} to end")
 
 
 async def test_calls_run_in_order_on_the_named_thread_and_answer_their_result() -> None:
@@ -40,7 +36,7 @@ async def test_calls_run_in_order_on_the_named_thread_and_answer_their_result() 
     assert answers == [0, 10, 20, 30, 40]
     assert seen == [(n, "test-reads") for n in range(5)]
     reads.stop()
-    assert _gone("test-reads")
+    await _gone("test-reads")
 
 
 async def test_an_exception_is_raised_in_the_caller_and_the_thread_serves_on() -> None:
@@ -53,7 +49,7 @@ async def test_an_exception_is_raised_in_the_caller_and_the_thread_serves_on() -
         await reads.run(fail)
     assert await reads.run(lambda: "still here") == "still here"
     reads.stop()
-    assert _gone("test-raises")
+    await _gone("test-raises")
 
 
 async def test_stop_lets_queued_calls_finish_and_a_later_call_starts_a_new_thread() -> None:
@@ -64,11 +60,11 @@ async def test_stop_lets_queued_calls_finish_and_a_later_call_starts_a_new_threa
     reads.stop()  # queued behind the call in progress: that call still answers
     release.set()
     assert await task is True
-    assert _gone("test-restart")
+    await _gone("test-restart")
 
     assert await reads.run(lambda: threading.current_thread().name) == "test-restart"
     reads.stop()
-    assert _gone("test-restart")
+    await _gone("test-restart")
 
 
 async def test_a_delivery_loop_reads_on_its_own_thread_which_ends_with_the_loop(tmp_path: Path) -> None:
@@ -82,6 +78,6 @@ async def test_a_delivery_loop_reads_on_its_own_thread_which_ends_with_the_loop(
             await wait_until(lambda: len(sink.delivered) == 3, "3 records delivered")
             assert len(_threads("delivery-scripted")) == 1
         assert sink.delivered == ids(3)
-        assert _gone("delivery-scripted")
+        await _gone("delivery-scripted")
     finally:
         await journal.close()
