@@ -36,13 +36,11 @@ _STOP = object()
 class Transaction:
     """One write transaction, shared by every operation of a group commit."""
 
-    __slots__ = ("_sql", "after_commit", "conn", "shared")
+    __slots__ = ("_sql", "after_commit", "conn")
 
     def __init__(self, conn: Any, sql: Callable[[str], str]) -> None:
         self.conn = conn
         self._sql = sql
-        self.shared: dict[str, Any] = {}
-        """What the operations of one commit work out once and share (the journal's backlog)."""
         self.after_commit: list[Callable[[], object]] = []
         """Run by the writer thread once the transaction committed, before any caller hears of
         it (the membership map learns what was stored): never after a rollback."""

@@ -32,6 +32,8 @@ from forwarder.records import DeadLetter, Entry, NewRecord, Stats
 
 logger = logging.getLogger("forwarder.journal")
 _MAX_INSERT_ROWS = 64
+BACKLOG_RECOUNT_S = 1.0
+"""How old the backlog count the limit is checked against may be (``Journal._estimated_backlog``)."""
 
 OnStore = Callable[[Transaction, Sequence[NewRecord], list[bool]], None]
 """Called inside the transaction that stores records, with each one's "is new" flag."""
@@ -74,6 +76,9 @@ class Journal:
         self._backlog_limit = backlog_limit
         self._reads = ReadConnections(self.engine)
         self._sinks: list[str] = []
+        self._backlog_estimate = 0
+        self._backlog_recount_at = 0.0
+        """When ``_estimated_backlog`` counts again (monotonic); 0 forces a count."""
         self._retention_holds: list[str] = []
         """State keys holding a reader's position (``hold_retention``)."""
         self._waiting: list[tuple[NewRecord, asyncio.Future[bool]]] = []
@@ -198,12 +203,10 @@ class Journal:
         self, tx: Transaction, records: Sequence[NewRecord], state: Mapping[str, str] | None
     ) -> list[bool]:
         if self._sinks:
-            backlog = tx.shared.get("backlog")
-            if backlog is None:
-                backlog = self._backlog(tx)
+            backlog = self._estimated_backlog(tx)
             if backlog + len(records) > self._backlog_limit:
                 raise BacklogFull(f"{backlog} records wait for delivery (limit {self._backlog_limit})")
-            tx.shared["backlog"] = backlog + len(records)
+            self._backlog_estimate = backlog + len(records)
         now = time.time()
         keys = [dedup_key(rec.event_id, rec.created_at) for rec in records]
         # Writers are serialized (one transaction at a time), so what this reads stays true
@@ -234,6 +237,22 @@ class Journal:
             )
         return fresh
 
+    def _estimated_backlog(self, tx: Transaction) -> int:
+        """The backlog counted at most ``BACKLOG_RECOUNT_S`` ago, plus what was appended since.
+
+        Counting is a query, and once per commit it cost a webhook 58,000 instructions (11% of
+        the acknowledgement path at one event per commit). Between counts the estimate only
+        grows: deliveries lower it at the next count, and the records of a commit rolled back
+        over-count until then. So the limit refuses early by at most a second of deliveries,
+        never late; only other replicas' appends (PostgreSQL) go unseen for up to that second.
+        Runs on the writer thread only, like every ``_append``.
+        """
+        now = time.monotonic()
+        if now >= self._backlog_recount_at:
+            self._backlog_recount_at = now + BACKLOG_RECOUNT_S
+            self._backlog_estimate = self._backlog(tx)
+        return self._backlog_estimate
+
     def _backlog(self, tx: Transaction) -> int:
         """Sequence numbers between the slowest registered sink and the head.
 
@@ -261,6 +280,7 @@ class Journal:
             )
         )
         self._sinks = names
+        self._backlog_recount_at = 0.0  # other sinks: count again
 
     def hold_retention(self, state_key: str) -> None:
         """Keep every record after the sequence number saved under ``state_key`` from retention.

@@ -18,7 +18,7 @@ import pytest
 
 from forwarder.dedup_key import dedup_key
 from forwarder.engines import Engine, SQLiteEngine, engine_for
-from forwarder.journal import BacklogFull, Journal, JournalUnavailable
+from forwarder.journal import BACKLOG_RECOUNT_S, BacklogFull, Journal, JournalUnavailable
 from forwarder.records import Entry, NewRecord
 from tests.postgres import journal_schema_or_skip
 
@@ -204,7 +204,9 @@ async def test_prune_keeps_what_a_reader_holding_retention_has_not_read(open_jou
     assert await journal.prune(older_than_s=0) == 15
     assert [entry.seq for entry in entries(journal)] == seqs[15:]
 
-    # 30 past the position, over the limit of 25 if it counted: accepted, as only sinks count.
+    # 30 past the position, over the limit of 25 if it counted: accepted, as only sinks count
+    # (once the sinks' backlog is counted again after the delivery).
+    await asyncio.sleep(BACKLOG_RECOUNT_S)
     await journal.append(records(20, start=25))
     assert journal.backlog() == 20
 
@@ -219,6 +221,11 @@ async def test_a_full_backlog_refuses_new_records_but_not_other_writes(open_jour
     await journal.set_cursor("datadog", entries(journal)[-1].seq)  # the sink caught up
 
     assert journal.backlog() == 0
+    # The limit is checked against a count at most BACKLOG_RECOUNT_S old: refused until the
+    # next count, never longer.
+    with pytest.raises(BacklogFull):
+        await journal.append(records(3, start=8))
+    await asyncio.sleep(BACKLOG_RECOUNT_S)
     assert await journal.append(records(3, start=8)) == [True] * 3
 
 
