@@ -51,6 +51,7 @@ from sinks.base import (
     switch,
 )
 from sinks.http import (
+    GZIP_LEVEL,
     Answer,
     Answers,
     Fixes,
@@ -137,7 +138,7 @@ class SplunkHecSink:
         source: str = "workos",
         sourcetype: str = DEFAULT_SOURCETYPE,
         index: str | None = None,
-        compression_level: int = 6,
+        compression_level: int = GZIP_LEVEL,
         verify: bool | ssl.SSLContext = True,
         ack: bool = False,
         ack_timeout_s: float = 60.0,
@@ -322,7 +323,7 @@ def create(env: Mapping[str, str]) -> SplunkHecSink | None:
         source=env.get("SPLUNK_HEC_SOURCE", "").strip() or "workos",
         sourcetype=env.get("SPLUNK_HEC_SOURCETYPE", "").strip() or DEFAULT_SOURCETYPE,
         index=env.get("SPLUNK_HEC_INDEX", "").strip() or None,
-        compression_level=6
+        compression_level=GZIP_LEVEL
         if choice(env, "SPLUNK_HEC_COMPRESSION", "gzip", ("gzip", "none")) == "gzip"
         else 0,
         verify=_tls_verify(env),

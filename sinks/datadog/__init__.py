@@ -16,12 +16,12 @@ from sinks.base import ConfigError, EventFilter, choice, duration, integer, max_
 from sinks.datadog.records import MAX_LOG_BYTES, MAX_NESTING, NESTING_MARK
 from sinks.datadog.sink import (
     BACKFILL_POLICIES,
-    COMPRESSION_LEVEL,
     MAX_ENTRIES,
     DatadogSink,
     identity_headers,
     request_headers,
 )
+from sinks.http import GZIP_LEVEL
 
 __all__ = [
     "MAX_ENTRIES",
@@ -75,7 +75,7 @@ def create(env: Mapping[str, str]) -> DatadogSink | None:
             )
     else:
         url = f"https://http-intake.logs.{site(env, 'DD_LOGS_URL')}/api/v2/logs"
-    level = integer(env, "DD_COMPRESSION_LEVEL", COMPRESSION_LEVEL, minimum=0)
+    level = integer(env, "DD_COMPRESSION_LEVEL", GZIP_LEVEL, minimum=0)
     if level > 9:
         raise ConfigError(
             "DD_COMPRESSION_LEVEL", f"{level} is above 9; use 0 (no compression) to 9 (smallest)"

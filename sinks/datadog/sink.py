@@ -33,6 +33,7 @@ from sinks.base import (
 )
 from sinks.datadog.records import MAX_LOG_BYTES, maybe_too_deep, outside_window, rewrite
 from sinks.http import (
+    GZIP_LEVEL,
     Answer,
     Answers,
     Fixes,
@@ -54,11 +55,6 @@ ORIGIN_VERSION = importlib.metadata.version("workos-forwarder")
 MAX_ENTRIES = 1000
 MAX_REQUEST_BYTES = 4_250_000
 BACKFILL_POLICIES = ("restamp", "keep", "drop")
-COMPRESSION_LEVEL = 2
-"""``DD_COMPRESSION_LEVEL``'s default: zlib-ng's greedy ``deflate_fast``. On the benchmark's
-records it makes a request 7.6 times smaller (level 6: 10.7) for 46% of level 6's CPU, which
-was half of all a delivered record cost; level 1 writes fixed Huffman codes only (6.1 times).
-Datadog prices the logs it ingests, not the request bytes (docs/benchmarks.md, Delivery cost)."""
 REQUEST_DEADLINE_S = 30.0
 """The whole request, body and answer included: a trickling intake cannot hold the sink longer."""
 FIXES = Fixes(
@@ -138,7 +134,7 @@ class DatadogSink:
         api_key: str,
         url: str,
         events: EventFilter,
-        compression_level: int = COMPRESSION_LEVEL,
+        compression_level: int = GZIP_LEVEL,
         max_in_flight: int = 4,
         backfill_policy: str = "restamp",
         linger_s: float = 1.0,
