@@ -451,6 +451,12 @@ class Journal:
         rows = self._reads.query("SELECT value FROM state WHERE key = ?", (key,))
         return rows[0][0] if rows else None
 
+    def lag(self, cursor: int) -> tuple[int, float]:
+        """A reader at ``cursor``: the records after it, and how long ago the oldest of them was
+        received (seconds, 0.0 when there is none)."""
+        oldest = self.oldest_after(cursor)
+        return self.pending(cursor), round(max(time.time() - oldest, 0.0), 3) if oldest else 0.0
+
     def pending(self, cursor: int) -> int:
         """Records after ``cursor`` (a sink's lag), from sequence numbers.
 

@@ -188,6 +188,11 @@ DETECTION_LAG_EVENTS = Gauge(
     " retention until they are.",
     registry=REGISTRY,
 )
+DETECTION_LAG_SECONDS = Gauge(
+    "workos_forwarder_detection_lag_seconds",
+    "Age of the oldest record the detection engine has not evaluated (0 when caught up).",
+    registry=REGISTRY,
+)
 DETECTION_STATE_SHED = Counter(
     "workos_forwarder_detection_state_shed",
     "What the detection engine dropped at its bounds: least recently used groups, and events.",

@@ -259,7 +259,9 @@ class Forwarder:
         metrics.JOURNAL_EVENTS.set(stats.events)
         metrics.JOURNAL_BYTES.set(stats.bytes)
         if self.detections is not None:
-            metrics.DETECTION_LAG_EVENTS.set(self.journal.pending(self.detections.position()))
+            events, seconds = self.journal.lag(self.detections.position())
+            metrics.DETECTION_LAG_EVENTS.set(events)
+            metrics.DETECTION_LAG_SECONDS.set(seconds)
         dead = self.journal.dead_letter_counts()
         for name, lag in self._lags().items():
             metrics.SINK_LAG_EVENTS.labels(name).set(lag["lag_events"])
@@ -274,16 +276,12 @@ class Forwarder:
         standby reports the whole journal as lag and the lag alert fires on it.
         """
         saved = self.journal.cursors() if any(loop.status.role != "active" for loop in self.loops) else {}
-        now = time.time()
         lags = {}
         for loop in self.loops:
             name = loop.status.name
             cursor = loop.status.cursor if loop.status.role == "active" else saved.get(name, 0)
-            oldest = self.journal.oldest_after(cursor)
-            lags[name] = {
-                "lag_events": self.journal.pending(cursor),
-                "lag_seconds": round(max(now - oldest, 0.0), 3) if oldest else 0.0,
-            }
+            events, seconds = self.journal.lag(cursor)
+            lags[name] = {"lag_events": events, "lag_seconds": seconds}
         return lags
 
     def status(self) -> dict[str, Any]:

@@ -153,6 +153,7 @@ def test_retention_keeps_what_detections_have_not_saved_as_evaluated(start_servi
     post_all(service, rebased(document))
     wait_for(lambda: caught_up(service), what="detections and the sink caught up")
     assert service.metric("workos_forwarder_detection_lag_events") == 0
+    assert service.metric("workos_forwarder_detection_lag_seconds") == 0
     time.sleep(2.5)  # two retention rounds: the position is not saved yet
     assert journal_size(service) == len(events(document)) + len(expected(document))
 
