@@ -352,11 +352,7 @@ class Journal:
             return 0
         batch = batch or self.engine.prune_batch
         failpoints.hit("retention.prune")
-        cursors = await asyncio.to_thread(self.cursors)
-        low = min(cursors.get(name, 0) for name in self._sinks)
-        for key in self._retention_holds:
-            saved = await asyncio.to_thread(self.get_state, key)
-            low = min(low, int(saved) if saved is not None and saved.isdigit() else 0)
+        low = await asyncio.to_thread(self._read_by_all)
         cutoff = time.time() - older_than_s
         removed = 0
         while True:
@@ -450,6 +446,20 @@ class Journal:
     def get_state(self, key: str) -> str | None:
         rows = self._reads.query("SELECT value FROM state WHERE key = ?", (key,))
         return rows[0][0] if rows else None
+
+    def saved_position(self, state_key: str) -> int:
+        """The sequence number a reader saved under ``state_key`` (``hold_retention``); 0, the
+        start of the journal, while none is saved."""
+        saved = self.get_state(state_key)
+        return int(saved) if saved is not None and saved.isdigit() else 0
+
+    def _read_by_all(self) -> int:
+        """The highest sequence number every registered sink and every ``hold_retention``
+        reader has passed: retention's limit."""
+        cursors = self.cursors()
+        positions = [cursors.get(name, 0) for name in self._sinks]
+        positions += [self.saved_position(key) for key in self._retention_holds]
+        return min(positions)
 
     def lag(self, cursor: int) -> tuple[int, float]:
         """A reader at ``cursor``: the records after it, and how long ago the oldest of them was

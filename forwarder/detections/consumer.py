@@ -86,10 +86,7 @@ class DetectionLoop:
     def position(self) -> int:
         """The last sequence number evaluated: this process's while it evaluates, else the one
         the evaluating replica saved. Blocking (a journal read): call it from a thread."""
-        if self.role == "active":
-            return self._evaluated
-        saved = self.journal.get_state(POSITION_KEY)
-        return int(saved) if saved is not None and saved.isdigit() else 0
+        return self._evaluated if self.role == "active" else self.journal.saved_position(POSITION_KEY)
 
     def status(self) -> dict[str, Any]:
         return {
